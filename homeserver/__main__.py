@@ -1,0 +1,3 @@
+from homeserver.cli import main
+
+raise SystemExit(main())
