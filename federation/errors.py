@@ -9,11 +9,11 @@ and is answered as a bare 500 by the one middleware that maps errors to HTTP
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Codes(str, Enum):
+class Codes(StrEnum):
     """Error codes from the spec (client-server ``_index.md``, "Common error codes")."""
 
     FORBIDDEN = "M_FORBIDDEN"

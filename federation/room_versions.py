@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from federation.errors import Codes, MatrixError
 
 
-class StateResAlgorithm(str, Enum):
+class StateResAlgorithm(StrEnum):
     V2 = "v2"
     # v12's revision: conflicted subgraph, and iterative auth checks starting
     # from the empty state (rooms/v12.md, "State resolution").
