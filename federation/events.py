@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from federation.room_versions import RoomVersion
+from federation.event_format import check_pdu_format
+from federation.hashes import compute_event_id
+from federation.room_versions import RoomVersion, get_room_version
 
 
 class Event:
@@ -109,3 +111,17 @@ class Event:
     def origin_server_name(self) -> str:
         """The server part of the sender, which must have signed the event."""
         return self.sender.split(":", 1)[1]
+
+
+def event_from_pdu(pdu: Mapping[str, Any], room_version: RoomVersion | str) -> Event:
+    """Check ``pdu``'s format for its room version and wrap it with its computed event ID.
+
+    Spec: ``rooms/fragments/v4-event-ids.md`` (the ID is the reference hash).
+    No signature or hash checks: for received events use
+    ``federation.signing.verify_pdu``. ``room_version`` may be an identifier,
+    refused with ``M_UNSUPPORTED_ROOM_VERSION`` if not one Concord supports.
+    Raises ``EventFormatError`` (``M_BAD_JSON``) for a malformed PDU.
+    """
+    rv = get_room_version(room_version) if isinstance(room_version, str) else room_version
+    check_pdu_format(pdu, rv)
+    return Event(pdu, compute_event_id(pdu, rv), rv)
