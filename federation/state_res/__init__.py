@@ -13,6 +13,7 @@ Public API::
 """
 
 from federation.state_res.errors import StateResolutionError
+from federation.state_res.resolve import resolve_state
 from federation.state_res.store import (
     AuthChainDifferenceStore,
     InMemoryStateResStore,
@@ -24,4 +25,5 @@ __all__ = [
     "InMemoryStateResStore",
     "StateResolutionError",
     "StateResolutionStore",
+    "resolve_state",
 ]
