@@ -17,7 +17,6 @@ from federation.clock import FakeClock
 from federation.keyring import (
     BadSignatureError,
     DirectKeyFetcher,
-    FetchedKey,
     Keyring,
     MemoryKeyCache,
     NotaryKeyFetcher,
@@ -28,6 +27,7 @@ from federation.keyring import (
 )
 from federation.server_keys import (
     MAX_KEY_VALIDITY_MS,
+    FetchedKey,
     KeyLookupError,
     OldVerifyKey,
     build_server_key_response,
