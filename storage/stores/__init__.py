@@ -1,0 +1,1 @@
+"""Stores: one class per concern, each taking a Database; composed, never mixed in."""

@@ -1,0 +1,507 @@
+"""Room state as state groups: deltas over shared snapshots.
+
+Spec: ``server-server-api.md`` "Room State Resolution" and "PDUs": every event
+has a state before it and a state after it (the state before, plus the event
+itself if it is an accepted state event). Most events share those states, and
+consecutive states differ by one key, so a state is stored once, as a *state
+group*: a delta (``(type, state_key) -> event_id``, or absent) over another
+group, its *delta base*.
+
+Choosing the delta base. A group evolves from a predecessor (``prev_group``)
+and sits ``seq`` steps from a root. Its delta base is the ancestor at
+``seq & (seq - 1)`` (the lowest set bit cleared), which is always on the
+predecessor's base chain. Resolving any group therefore reads at most
+``log2(seq) + 1`` groups, and a room whose state changes ``N`` times stores
+about ``N * log2(N) / 2`` delta rows instead of a full copy per change. A group
+whose delta would be as large as the state itself is stored as a full
+snapshot (no base), which also ends every chain. See
+docs/development/event_graph.md for the figures.
+
+Caches. Committed groups never change, so resolved states and deltas are kept
+in bounded LRU caches (bounded by the number of state entries held, not by
+the number of groups, because one group of a large room holds 10,000 keys).
+A group created by a transaction that has not committed must never enter a
+cache (its ID could be reused after a rollback), so groups are remembered per
+open transaction and only read through it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from storage.engines import Row
+
+__all__ = [
+    "Queryable",
+    "ResolvedState",
+    "StateGroupStats",
+    "StateKey",
+    "StateMap",
+    "StateStore",
+    "allocate_counter",
+    "in_list",
+]
+
+StateKey = tuple[str, str]
+StateMap = Mapping[StateKey, str]
+
+# Placeholders per IN (...) list; well under both engines' parameter limits.
+IN_LIST_CHUNK = 500
+
+
+class Queryable(Protocol):
+    """A Database or a Transaction: what read paths need."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+
+class Writer(Queryable, Protocol):
+    """A Transaction: what write paths need."""
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def executemany(self, sql: str, args_seq: Iterable[Sequence[Any]]) -> None: ...
+
+    async def lock(self, key: str) -> None: ...
+
+
+def in_list(values: Sequence[Any], first: int) -> str:
+    """``$first, $first+1, ...`` for ``IN (...)``: portable to both engines."""
+    return ", ".join(f"${i}" for i in range(first, first + len(values)))
+
+
+def chunks(values: Sequence[Any], size: int = IN_LIST_CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+async def allocate_counter(txn: Writer, tenant: str, name: str, n: int) -> int:
+    """Reserve ``n`` consecutive values of a per-tenant counter; returns the first.
+
+    The UPDATE takes the counter row's lock, so concurrent transactions of one
+    tenant allocate in turn (on PostgreSQL; SQLite has one writer anyway).
+    """
+    await txn.execute(
+        "INSERT INTO event_graph_counters (tenant, name, value) VALUES ($1, $2, 0) "
+        "ON CONFLICT (tenant, name) DO NOTHING",
+        tenant,
+        name,
+    )
+    rows = await txn.fetch(
+        "UPDATE event_graph_counters SET value = value + $3 "
+        "WHERE tenant = $1 AND name = $2 RETURNING value",
+        tenant,
+        name,
+        n,
+    )
+    return int(rows[0][0]) - n + 1
+
+
+@dataclass(frozen=True)
+class ResolvedState:
+    """A room state handed to the stores to persist.
+
+    ``group`` names an existing group that holds exactly ``state`` (no new
+    group is written). Otherwise a new group is written as a delta that
+    evolved from ``predecessor`` (any group of the room, ideally the one
+    closest to ``state``; ``None`` writes a full snapshot).
+    """
+
+    state: StateMap
+    group: int | None = None
+    predecessor: int | None = None
+
+
+@dataclass(frozen=True)
+class StateGroupStats:
+    groups: int
+    snapshots: int
+    entries: int
+    # Upper bound on the groups read to resolve any group of the room.
+    chain_bound: int
+
+
+@dataclass
+class _Group:
+    """One stored group: its delta base, position and delta."""
+
+    id: int
+    base: int | None
+    seq: int
+    prev: int | None
+    delta: dict[StateKey, str | None]
+
+
+class _LRU:
+    """An LRU of values with a size each, bounded by the total size."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.size = 0
+        self._items: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> Any:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: tuple[str, int], value: Any, size: int) -> None:
+        size = max(size, 1)
+        if size > self.max_size:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.size -= old[1]
+        self._items[key] = (value, size)
+        self.size += size
+        while self.size > self.max_size:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.size -= evicted
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class GroupPlan:
+    """Groups computed for one write, before their rows are inserted.
+
+    Shared by the writes of one batch so later events can build on groups
+    earlier events created; :meth:`StateStore.write_plan_txn` inserts the rows.
+    """
+
+    tenant: str
+    room_ids: dict[int, str] = field(default_factory=dict)
+    groups: dict[int, _Group] = field(default_factory=dict)
+    # The full state of the most recent new group, kept to save a resolution
+    # when the next event of the batch builds on it (the common, linear case).
+    # The dict belongs to the plan (never a cached one), so the next event may
+    # update it in place.
+    last_full: tuple[int, dict[StateKey, str]] | None = None
+
+
+class StateStore:
+    """State groups of every room of every tenant; see the module docstring."""
+
+    def __init__(self, db: Queryable, *, cache_max_entries: int = 200_000) -> None:
+        self._db = db
+        # Resolved full states and raw deltas of committed groups.
+        self._full_cache = _LRU(cache_max_entries)
+        self._delta_cache = _LRU(cache_max_entries)
+        # Groups written by transactions that may not have committed yet.
+        self._uncommitted: weakref.WeakKeyDictionary[Any, set[tuple[str, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # Reading
+
+    def _conn(self, txn: Queryable | None) -> Queryable:
+        return self._db if txn is None else txn
+
+    async def get_state_group(
+        self, tenant: str, group: int | None, *, txn: Queryable | None = None
+    ) -> StateMap:
+        """The full state of ``group`` (``None``: the empty state).
+
+        The mapping returned may be shared with the cache: never mutate it.
+        """
+        if group is None:
+            return {}
+        return await self._resolve(self._conn(txn), tenant, group, None)
+
+    async def get_state_groups(
+        self, tenant: str, groups: Iterable[int], *, txn: Queryable | None = None
+    ) -> dict[int, StateMap]:
+        conn = self._conn(txn)
+        return {g: await self._resolve(conn, tenant, g, None) for g in set(groups)}
+
+    async def get_current_state_group(
+        self, tenant: str, room_id: str, *, txn: Queryable | None = None
+    ) -> int | None:
+        rows = await self._conn(txn).fetch(
+            "SELECT state_group FROM room_current_state WHERE tenant = $1 AND room_id = $2",
+            tenant,
+            room_id,
+        )
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    async def get_current_state(
+        self, tenant: str, room_id: str, *, txn: Queryable | None = None
+    ) -> StateMap:
+        """The room's current state (empty if the tenant knows no state of it)."""
+        group = await self.get_current_state_group(tenant, room_id, txn=txn)
+        return await self.get_state_group(tenant, group, txn=txn)
+
+    async def get_room_version_id(
+        self, tenant: str, room_id: str, *, txn: Queryable | None = None
+    ) -> str | None:
+        """The room version recorded with the room's current state, if any."""
+        rows = await self._conn(txn).fetch(
+            "SELECT room_version FROM room_current_state WHERE tenant = $1 AND room_id = $2",
+            tenant,
+            room_id,
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def stats(
+        self, tenant: str, room_id: str, *, txn: Queryable | None = None
+    ) -> StateGroupStats:
+        """Row counts of a room's state groups, for reports and benchmarks."""
+        conn = self._conn(txn)
+        rows = await conn.fetch(
+            "SELECT COUNT(*), SUM(CASE WHEN delta_base IS NULL THEN 1 ELSE 0 END) "
+            "FROM state_groups WHERE tenant = $1 AND room_id = $2",
+            tenant,
+            room_id,
+        )
+        groups, snapshots = int(rows[0][0]), int(rows[0][1] or 0)
+        rows = await conn.fetch(
+            "SELECT COUNT(*) FROM state_group_entries e JOIN state_groups g "
+            "ON g.tenant = e.tenant AND g.id = e.state_group "
+            "WHERE g.tenant = $1 AND g.room_id = $2",
+            tenant,
+            room_id,
+        )
+        entries = int(rows[0][0])
+        rows = await conn.fetch(
+            "SELECT MAX(seq) FROM state_groups WHERE tenant = $1 AND room_id = $2",
+            tenant,
+            room_id,
+        )
+        max_seq = int(rows[0][0] or 0)
+        return StateGroupStats(groups, snapshots, entries, max_seq.bit_count() + 1)
+
+    # Writing
+
+    def new_plan(self, tenant: str) -> GroupPlan:
+        return GroupPlan(tenant)
+
+    async def plan_group(
+        self,
+        conn: Queryable,
+        plan: GroupPlan,
+        group_id: int,
+        room_id: str,
+        state: Mapping[StateKey, str],
+        *,
+        predecessor: int | None,
+        changed: Iterable[StateKey] | None = None,
+    ) -> None:
+        """Add a new group holding ``state`` to ``plan``, with ID ``group_id``.
+
+        ``changed`` lists the keys in which ``state`` differs from the
+        predecessor's state, when the caller knows them (one event's key);
+        otherwise they are found by comparing the two states.
+        """
+        tenant = plan.tenant
+        if predecessor is None:
+            plan.groups[group_id] = _Group(group_id, None, 0, None, dict(state))
+            plan.room_ids[group_id] = room_id
+            return
+        if changed is None:
+            before = await self._resolve(conn, tenant, predecessor, plan)
+            changed = {k for k in before.keys() | state.keys() if before.get(k) != state.get(k)}
+        chain = await self._chain(conn, tenant, predecessor, plan)
+        seq = chain[0].seq + 1
+        target = seq & (seq - 1)
+        keys: set[StateKey] = set(changed)
+        base: _Group = chain[0]
+        for g in chain:
+            if g.seq < target:
+                break
+            base = g
+        for g in chain:
+            if g is base:
+                break
+            keys.update(g.delta)
+        delta: dict[StateKey, str | None] = {k: state.get(k) for k in keys}
+        if len(delta) >= len(state):
+            group = _Group(group_id, None, seq, predecessor, dict(state))
+        else:
+            group = _Group(group_id, base.id, seq, predecessor, delta)
+        plan.groups[group_id] = group
+        plan.room_ids[group_id] = room_id
+
+    async def get_plan_state(
+        self, conn: Queryable, plan: GroupPlan, group: int | None
+    ) -> StateMap:
+        """The full state of ``group``, which may be a group of ``plan`` not yet written."""
+        if group is None:
+            return {}
+        return await self._resolve(conn, plan.tenant, group, plan)
+
+    async def write_plan_txn(self, txn: Writer, plan: GroupPlan) -> None:
+        """Insert the rows of every group in ``plan`` (batched)."""
+        if not plan.groups:
+            return
+        tenant = plan.tenant
+        await txn.executemany(
+            "INSERT INTO state_groups (tenant, id, room_id, prev_group, delta_base, seq) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            [
+                (tenant, g.id, plan.room_ids[g.id], g.prev, g.base, g.seq)
+                for g in plan.groups.values()
+            ],
+        )
+        await txn.executemany(
+            "INSERT INTO state_group_entries (tenant, state_group, type, state_key, event_id) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            [
+                (tenant, g.id, k[0], k[1], v)
+                for g in plan.groups.values()
+                for k, v in g.delta.items()
+            ],
+        )
+        pending = self._uncommitted.setdefault(txn, set())
+        pending.update((tenant, gid) for gid in plan.groups)
+
+    async def store_state_txn(
+        self, txn: Writer, tenant: str, room_id: str, state: ResolvedState
+    ) -> int | None:
+        """The group holding ``state``, writing a new one unless ``state.group`` is set.
+
+        Returns ``None`` for an empty state with no group.
+        """
+        if state.group is not None:
+            return state.group
+        if not state.state and state.predecessor is None:
+            return None
+        group_id = await allocate_counter(txn, tenant, "state_group", 1)
+        plan = self.new_plan(tenant)
+        await self.plan_group(
+            txn, plan, group_id, room_id, state.state, predecessor=state.predecessor
+        )
+        await self.write_plan_txn(txn, plan)
+        return group_id
+
+    async def set_current_state_group_txn(
+        self, txn: Writer, tenant: str, room_id: str, room_version: str, group: int | None
+    ) -> None:
+        await txn.execute(
+            "INSERT INTO room_current_state (tenant, room_id, room_version, state_group) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, room_id) "
+            "DO UPDATE SET state_group = excluded.state_group",
+            tenant,
+            room_id,
+            room_version,
+            group,
+        )
+
+    # Resolution
+
+    def _cacheable(self, conn: Queryable, tenant: str, group: int) -> bool:
+        try:
+            pending = self._uncommitted.get(conn)
+        except TypeError:
+            return False
+        return pending is None or (tenant, group) not in pending
+
+    async def _chain(
+        self, conn: Queryable, tenant: str, group: int, plan: GroupPlan | None
+    ) -> list[_Group]:
+        """``group`` and its delta bases down to a snapshot, nearest first."""
+        chain: list[_Group] = []
+        gid: int | None = group
+        while gid is not None:
+            g = self._known(tenant, gid, plan)
+            if g is None:
+                chain.extend(await self._load_chain(conn, tenant, gid))
+                break
+            chain.append(g)
+            gid = g.base
+        return chain
+
+    def _known(self, tenant: str, gid: int, plan: GroupPlan | None) -> _Group | None:
+        if plan is not None and gid in plan.groups:
+            return plan.groups[gid]
+        cached: _Group | None = self._delta_cache.get((tenant, gid))
+        return cached
+
+    async def _load_chain(self, conn: Queryable, tenant: str, group: int) -> list[_Group]:
+        rows = await conn.fetch(
+            "WITH RECURSIVE chain(id, delta_base, seq, prev_group) AS ("
+            " SELECT id, delta_base, seq, prev_group FROM state_groups"
+            " WHERE tenant = $1 AND id = $2"
+            " UNION ALL"
+            " SELECT g.id, g.delta_base, g.seq, g.prev_group FROM state_groups g"
+            " JOIN chain c ON g.id = c.delta_base WHERE g.tenant = $1"
+            ") SELECT id, delta_base, seq, prev_group FROM chain",
+            tenant,
+            group,
+        )
+        if not rows:
+            raise KeyError(f"no state group {group} for tenant {tenant}")
+        groups = {
+            int(r[0]): _Group(
+                int(r[0]),
+                None if r[1] is None else int(r[1]),
+                int(r[2]),
+                None if r[3] is None else int(r[3]),
+                {},
+            )
+            for r in rows
+        }
+        ids = list(groups)
+        for part in chunks(ids):
+            entries = await conn.fetch(
+                "SELECT state_group, type, state_key, event_id FROM state_group_entries "
+                f"WHERE tenant = $1 AND state_group IN ({in_list(part, 2)})",
+                tenant,
+                *part,
+            )
+            for e in entries:
+                groups[int(e[0])].delta[(str(e[1]), str(e[2]))] = e[3]
+        chain = [groups[int(r[0])] for r in rows]
+        chain.sort(key=lambda g: -g.seq)
+        for g in chain:
+            if self._cacheable(conn, tenant, g.id):
+                self._delta_cache.put((tenant, g.id), g, len(g.delta))
+        return chain
+
+    async def _resolve(
+        self, conn: Queryable, tenant: str, group: int, plan: GroupPlan | None
+    ) -> StateMap:
+        if plan is not None and plan.last_full is not None and plan.last_full[0] == group:
+            return plan.last_full[1]
+        cached: StateMap | None = self._full_cache.get((tenant, group))
+        if cached is not None:
+            return cached
+        # Walk down until a group whose full state is cached (or a snapshot),
+        # then apply the deltas above it.
+        pending: list[_Group] = []
+        gid: int | None = group
+        start: StateMap = {}
+        while gid is not None:
+            hit: StateMap | None = self._full_cache.get((tenant, gid))
+            if hit is not None:
+                start = hit
+                break
+            g = self._known(tenant, gid, plan)
+            if g is None:
+                loaded = await self._load_chain(conn, tenant, gid)
+                for lg in loaded:
+                    hit = self._full_cache.get((tenant, lg.id))
+                    if hit is not None:
+                        start = hit
+                        break
+                    pending.append(lg)
+                break
+            pending.append(g)
+            gid = g.base
+        state: dict[StateKey, str] = dict(start)
+        for g in reversed(pending):
+            for k, v in g.delta.items():
+                if v is None:
+                    state.pop(k, None)
+                else:
+                    state[k] = v
+        in_plan = plan is not None and group in plan.groups
+        if not in_plan and self._cacheable(conn, tenant, group):
+            self._full_cache.put((tenant, group), state, len(state))
+        return state
