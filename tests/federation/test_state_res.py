@@ -9,6 +9,7 @@ DAG, computes the state before every event by resolving the states after its
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -531,3 +532,58 @@ async def test_event_from_another_room_is_an_error() -> None:
         await resolve_state(
             ROOM_V11, [state, {**state, TOPIC: "$ALIEN"}], InMemoryStateResStore(events)
         )
+
+
+@pytest.mark.parametrize("rv", ALL_VERSIONS, ids=_ids(ALL_VERSIONS))
+async def test_rejected_event_is_not_admitted(rv: RoomVersion) -> None:
+    # Two topics by Alice; T2 is sent later and so would win, unless it was
+    # rejected: then it is left out and T1 stays.
+    events = [topic("T1", ALICE), topic("T2", ALICE)]
+    edges = [["END", "T1", "START"], ["END", "T2", "START"]]
+    sc = Scenario(rv)
+    await sc.build(events, edges)
+    sets = [sc.state_after["T1"], sc.state_after["T2"]]
+    assert (await resolve_state(rv, sets, InMemoryStateResStore(sc.events)))[TOPIC] == "$T2"
+    t2 = sc.events["$T2"]
+    with_rejected = {**sc.events, "$T2": Event(t2.pdu, "$T2", rv, rejected_reason="auth")}
+    got = await resolve_state(rv, sets, InMemoryStateResStore(with_rejected))
+    assert got[TOPIC] == "$T1"
+
+
+@pytest.mark.parametrize("rv", ALL_VERSIONS, ids=_ids(ALL_VERSIONS))
+async def test_rejected_auth_event_is_not_used(rv: RoomVersion) -> None:
+    # Bob's topic T1 is allowed by PA (Bob at 50), which is also in the
+    # other fork's state, so only T1 is conflicted. If PA was rejected it
+    # cannot authorise T1: v2 reads PA from the unconflicted state and v12
+    # from T1's auth events, and both refuse a rejected event there.
+    events = [power("PA", ALICE, {ALICE: 100, BOB: 50}), topic("T1", BOB)]
+    edges = [["END", "T1", "PA", "START"], ["END", "PA"]]
+    sc = Scenario(rv)
+    await sc.build(events, edges)
+    sets = [sc.state_after["T1"], sc.state_after["PA"]]
+    assert (await resolve_state(rv, sets, InMemoryStateResStore(sc.events)))[TOPIC] == "$T1"
+    pa = sc.events["$PA"]
+    with_rejected = {**sc.events, "$PA": Event(pa.pdu, "$PA", rv, rejected_reason="auth")}
+    got = await resolve_state(rv, sets, InMemoryStateResStore(with_rejected))
+    assert TOPIC not in got
+
+
+async def test_resolution_yields_to_the_event_loop() -> None:
+    sc = await _property_scenario(ROOM_V12)
+    sets = [sc.state_after[t] for t in _BRANCH_TIPS]
+    turns = 0
+    done = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.get_running_loop().create_task(other())
+    await resolve_state(ROOM_V12, sets, InMemoryStateResStore(sc.events), yield_every=1)
+    done = True
+    await task
+    # The in-memory store never awaits anything real, so only the
+    # resolution's own yields let the other task run.
+    assert turns > 10
