@@ -275,7 +275,7 @@ class StateStore:
             room_id,
         )
         max_seq = int(rows[0][0] or 0)
-        return StateGroupStats(groups, snapshots, entries, max_seq.bit_count() + 1)
+        return StateGroupStats(groups, snapshots, entries, max_seq.bit_length() + 1)
 
     # Writing
 
