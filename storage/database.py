@@ -108,9 +108,7 @@ class Database:
         rows = await self.fetch(sql, *args)
         return rows[0][0] if rows else None
 
-    async def _statement(
-        self, sql: str, run: Callable[[EngineConnection], Awaitable[T]]
-    ) -> T:
+    async def _statement(self, sql: str, run: Callable[[EngineConnection], Awaitable[T]]) -> T:
         self._refuse_inside_transaction()
         async with self._engine.statement(sql) as conn:
             return await timed(self.clock, _NO_TRANSACTION, sql, run(conn))
@@ -149,6 +147,13 @@ class Database:
                 self._txn_tasks[task] = name
             try:
                 yield txn
+                if txn._failed is not None:
+                    # The block caught a statement's error and carried on:
+                    # committing now would keep half its work on SQLite.
+                    raise TransactionFailed(
+                        f"transaction {name!r} ended normally after a statement in it "
+                        f"failed ({txn._failed!r}); rolled back"
+                    ) from txn._failed
             finally:
                 txn._active = False
                 if task is not None:
@@ -163,7 +168,9 @@ class Transaction:
 
     After a statement in it fails, the transaction refuses further statements
     (:class:`storage.errors.TransactionFailed`) and is rolled back at the end
-    of its block: PostgreSQL behaves so, and SQLite is made to match.
+    of its block, even if the block caught the error (it then raises
+    :class:`~storage.errors.TransactionFailed`): PostgreSQL behaves so, and
+    SQLite is made to match.
     """
 
     def __init__(self, name: str, conn: EngineConnection, clock: Clock) -> None:
@@ -237,4 +244,3 @@ async def timed(clock: Clock, label: str, sql: str, op: Awaitable[T]) -> T:
         elapsed = clock.monotonic() - started
         if elapsed > SLOW_QUERY_SECONDS:
             logger.warning("Slow query in %s took %.3f s: %s", label, elapsed, _shorten(sql))
-

@@ -203,6 +203,11 @@ class SqliteEngine(Engine):
         path = path_from_url(url)
         try:
             async with asyncio.timeout(connect_timeout):
+                if path != ":memory:":
+                    # Find an unusable file here, on a plain thread: an
+                    # aiosqlite connection that fails to open leaves its worker
+                    # thread to finish after we return.
+                    await asyncio.to_thread(_probe, path)
                 writer = await _open_connection(path, reader=False)
         except TimeoutError:
             raise DatabaseUnavailable(
@@ -277,6 +282,14 @@ class SqliteEngine(Engine):
             await self._writer.close()
 
 
+def _probe(path: str) -> None:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    finally:
+        conn.close()
+
+
 async def _open_connection(path: str, *, reader: bool) -> aiosqlite.Connection:
     # isolation_level=None: the sqlite3 module must not open transactions
     # behind our back; we issue BEGIN IMMEDIATE / COMMIT ourselves.
@@ -294,9 +307,13 @@ async def _open_connection(path: str, *, reader: bool) -> aiosqlite.Connection:
         await conn.execute_fetchall(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if reader:
             await conn.execute_fetchall("PRAGMA query_only = ON")
+    except Exception:
+        await conn.close()
+        raise
     except BaseException:
-        # Not awaited: if a statement is stuck on a lock, close() would queue
-        # behind it; stop() lets the thread finish and close on its own.
+        # Cancelled, likely by the connect timeout while a statement waits on
+        # a lock: close() would queue behind it, so only ask the thread to
+        # close the connection and stop once that statement returns.
         conn.stop()
         raise
     return conn

@@ -29,7 +29,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 
 ENGINES = ("sqlite", "postgres")
 
-_FILENAME = re.compile(r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+?)(?:\.(?P<engine>sqlite|postgres))?\.sql$")
+_FILENAME = re.compile(
+    r"^(?P<version>\d+)_(?P<name>[a-z0-9_]+?)(?:\.(?P<engine>sqlite|postgres))?\.sql$"
+)
 
 # Serialises migration runs of several processes starting at once.
 _LOCK_KEY = "concord.schema_migrations"

@@ -1,0 +1,94 @@
+"""Fixtures shared by every test package: real databases on both engines.
+
+``database`` and ``database_url`` are parametrised over ``sqlite`` and
+``postgres``, so a test using either runs once per engine. PostgreSQL is
+never skipped: if the server at ``CONCORD_TEST_POSTGRES_URL`` does not answer,
+the test fails and says so. Area-specific fixtures belong in
+``tests/<area>/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from storage.database import Database
+from storage.migrations import apply_migrations
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES_CONNECT_TIMEOUT = 10.0
+
+ENGINES = ["sqlite", "postgres"]
+
+
+def postgres_server_url() -> str:
+    return os.environ.get("CONCORD_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def _with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+
+
+async def _admin_connection() -> asyncpg.Connection:
+    url = postgres_server_url()
+    try:
+        return await asyncpg.connect(url, timeout=POSTGRES_CONNECT_TIMEOUT)
+    except Exception as e:
+        pytest.fail(
+            f"PostgreSQL at {url} (CONCORD_TEST_POSTGRES_URL) does not answer: "
+            f"{type(e).__name__}: {e}. PostgreSQL tests never skip; start it, or run "
+            "through scripts/with-postgres.sh (make test).",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    dbname = f"concord_test_{secrets.token_hex(8)}"
+    admin = await _admin_connection()
+    try:
+        await admin.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(postgres_server_url(), dbname)
+    finally:
+        admin = await _admin_connection()
+        try:
+            # FORCE: a test that failed may have left connections open.
+            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh, empty SQLite file."""
+    return f"sqlite://{tmp_path / 'concord.db'}"
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """URL of a fresh, empty database; the test runs once per engine."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """An opened Database with every migration applied, closed afterwards."""
+    db = await Database.open(database_url, connect_timeout=POSTGRES_CONNECT_TIMEOUT)
+    try:
+        await apply_migrations(db)
+        yield db
+    finally:
+        await db.close()
