@@ -1,0 +1,1 @@
+"""Handlers: the application's operations, reaching the database only through stores."""
