@@ -37,18 +37,26 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from canonicaljson import encode_canonical_json
-from signedjson.key import get_verify_key
-from signedjson.sign import SignatureVerifyException, verify_signed_json
-from signedjson.types import SigningKey, VerifyKey
+from nacl.signing import VerifyKey
+from signedjson.types import SigningKey
 
 from federation.clock import Clock
+from federation.room_versions import RoomVersion
 from federation.server_keys import (
     FetchedKey,
     KeyLookupError,
     OldVerifyKey,
     key_id_of,
     parse_server_key_response,
+    verify_key_of,
     verify_notary_signature,
+)
+from federation.signing import (
+    SignatureVerifyError,
+    VerifiedPdu,
+    required_signers,
+    verify_json_signature,
+    verify_pdu,
 )
 
 __all__ = [
@@ -68,6 +76,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# At most this many servers' keys are looked up for one PDU.
+_MAX_SIGNERS = 10
 
 # A key of one of our own server names never needs refreshing.
 _FOREVER_MS = 2**62
@@ -173,7 +184,7 @@ def local_fetched_keys(
         out[kid] = FetchedKey(
             server_name=server_name,
             key_id=kid,
-            verify_key=get_verify_key(sk),
+            verify_key=verify_key_of(sk),
             valid_until_ts=_FOREVER_MS,
             fetched_ts=0,
         )
@@ -396,8 +407,8 @@ class Keyring:
             )
         for key_id, fk in sorted(keys.items()):
             try:
-                verify_signed_json(dict(obj), server_name, fk.verify_key)
-            except SignatureVerifyException as e:
+                verify_json_signature(obj, server_name, fk.verify_key, key_id=key_id)
+            except SignatureVerifyError as e:
                 raise BadSignatureError(
                     f"signature by {server_name} {key_id} does not verify"
                 ) from e
@@ -418,6 +429,28 @@ class Keyring:
             n: {kid: fk.verify_key for kid, fk in res.items()}
             for n, res in zip(names, results, strict=True)
         }
+
+    async def verify_pdu(self, pdu: Mapping[str, Any], rv: RoomVersion) -> VerifiedPdu:
+        """Receipt checks 1-3 on a PDU (:func:`federation.signing.verify_pdu`)
+        with the keys its required signers used, valid at its ``origin_server_ts``.
+
+        Server-server "Validating hashes and signatures on received events"
+        and v5-signing-requirements.md: a key counts only if its validity
+        reaches the event's ``origin_server_ts``. For a third-party invite,
+        which any server may vouch for, the keys of every signer are looked up.
+        """
+        sigs = pdu.get("signatures")
+        sigs = sigs if isinstance(sigs, Mapping) else {}
+        ts = pdu.get("origin_server_ts")
+        for_ts = ts if type(ts) is int else 0
+        signers = required_signers(pdu, rv) or {n for n in sigs if isinstance(n, str)}
+        wanted = {
+            name: [k for k in ids if isinstance(k, str)]
+            for name in sorted(signers)[:_MAX_SIGNERS]
+            if isinstance(ids := sigs.get(name), Mapping)
+        }
+        keys = await self.verify_keys_for(wanted, for_ts)
+        return verify_pdu(pdu, rv, keys)
 
     # -- acting as a notary ----------------------------------------------------------
 

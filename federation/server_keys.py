@@ -22,9 +22,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from signedjson.key import decode_verify_key_bytes, encode_verify_key_base64, get_verify_key
-from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
-from signedjson.types import SigningKey, VerifyKey
+from nacl.signing import VerifyKey
+from signedjson.types import SigningKey
+from unpaddedbase64 import encode_base64
+
+from federation.signing import SignatureVerifyError, sign_json, verify_json_signature
 
 __all__ = [
     "MAX_KEY_VALIDITY_MS",
@@ -34,9 +36,12 @@ __all__ = [
     "ServerKeyResponse",
     "build_server_key_response",
     "decode_verify_key",
+    "encode_verify_key",
     "key_id_of",
     "notary_sign",
     "parse_server_key_response",
+    "verify_key_of",
+    "verify_notary_signature",
 ]
 
 # v5-signing-requirements.md: "the lesser of valid_until_ts and 7 days into the future".
@@ -51,9 +56,20 @@ class KeyLookupError(Exception):
     the keys could not be fetched. Internal: never shown to a peer as is."""
 
 
-def key_id_of(key: SigningKey | VerifyKey) -> str:
+def key_id_of(key: SigningKey) -> str:
     """The ``ed25519:version`` ID signedjson stores on its key objects."""
     return f"{key.alg}:{key.version}"
+
+
+def verify_key_of(key: SigningKey) -> VerifyKey:
+    """The public half of a signing key."""
+    return VerifyKey(bytes(key.verify_key))
+
+
+def encode_verify_key(key: VerifyKey) -> str:
+    """Unpadded base64 of a public key, as published in ``verify_keys``."""
+    encoded: str = encode_base64(bytes(key))
+    return encoded
 
 
 def decode_verify_key(key_id: str, key_b64: object) -> VerifyKey:
@@ -75,8 +91,7 @@ def decode_verify_key(key_id: str, key_b64: object) -> VerifyKey:
         raise KeyLookupError(f"key {key_id} is not valid base64") from e
     if len(raw) != 32:
         raise KeyLookupError(f"key {key_id} is {len(raw)} bytes, not 32")
-    key: VerifyKey = decode_verify_key_bytes(key_id, raw)
-    return key
+    return VerifyKey(raw)
 
 
 @dataclass(frozen=True)
@@ -110,8 +125,7 @@ class FetchedKey:
 
     @property
     def key_b64(self) -> str:
-        encoded: str = encode_verify_key_base64(self.verify_key)
-        return encoded
+        return encode_verify_key(self.verify_key)
 
     def valid_at(self, ts: int, *, allow_old: bool = True) -> bool:
         """Whether this key may verify a signature made at ``ts``.
@@ -184,13 +198,13 @@ def build_server_key_response(
         raise ValueError("a server needs at least one signing key")
     verify_keys: dict[str, Any] = {}
     for sk in signing_keys:
-        verify_keys[key_id_of(sk)] = {"key": encode_verify_key_base64(get_verify_key(sk))}
+        verify_keys[key_id_of(sk)] = {"key": encode_verify_key(verify_key_of(sk))}
     old: dict[str, Any] = {}
     for ok in old_keys:
         if ok.key_id in verify_keys:
             continue  # still in use: publishing it as expired would contradict itself
         old[ok.key_id] = {
-            "key": encode_verify_key_base64(ok.verify_key),
+            "key": encode_verify_key(ok.verify_key),
             "expired_ts": ok.expired_ts,
         }
     body: dict[str, Any] = {
@@ -266,8 +280,8 @@ def parse_server_key_response(response: object, expected_server_name: str) -> Se
         if key_id not in sigs[expected_server_name]:
             raise KeyLookupError(f"key response is not signed by its own key {key_id}")
         try:
-            verify_signed_json(response, expected_server_name, vk)
-        except SignatureVerifyException as e:
+            verify_json_signature(response, expected_server_name, vk, key_id=key_id)
+        except SignatureVerifyError as e:
             raise KeyLookupError(f"self-signature by {key_id} does not verify: {e}") from e
 
     return ServerKeyResponse(
@@ -298,8 +312,8 @@ def verify_notary_signature(
         if vk is None:
             continue
         try:
-            verify_signed_json(dict(response), notary_name, vk)
-        except SignatureVerifyException as e:
+            verify_json_signature(response, notary_name, vk, key_id=key_id)
+        except SignatureVerifyError as e:
             raise KeyLookupError(f"notary {notary_name} signature by {key_id} is bad: {e}") from e
         checked += 1
     if not checked:

@@ -21,10 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from canonicaljson import encode_canonical_json
-from signedjson.key import encode_verify_key_base64
-from signedjson.types import VerifyKey
+from nacl.signing import VerifyKey
 
-from federation.server_keys import FetchedKey, OldVerifyKey, decode_verify_key
+from federation.server_keys import (
+    FetchedKey,
+    OldVerifyKey,
+    decode_verify_key,
+    encode_verify_key,
+)
 from storage.database import Database
 from storage.engines import Row
 
@@ -184,7 +188,7 @@ class KeyStore:
             )
             known = {r["key_id"]: (r["verify_key"], r["expired_ts"]) for r in rows}
             for key_id, vk in current.items():
-                b64 = encode_verify_key_base64(vk)
+                b64 = encode_verify_key(vk)
                 if key_id in known:
                     if known[key_id][0] != b64:
                         raise ValueError(
@@ -220,7 +224,7 @@ class KeyStore:
             for ok in configured:
                 if ok.key_id in current:
                     continue
-                b64 = encode_verify_key_base64(ok.verify_key)
+                b64 = encode_verify_key(ok.verify_key)
                 if ok.key_id in known and known[ok.key_id][0] != b64:
                     raise ValueError(
                         f"old signing key {ok.key_id} of {server_name} in config differs "

@@ -1,0 +1,258 @@
+"""A minimal signed federation HTTP client.
+
+Spec: server-server API "Request Authentication" (every request X-Matrix
+signed over ``{method, uri, origin, destination, content}``), "Resolving
+server names" (here only the explicit-port and default-port cases; the
+``.well-known`` and SRV steps come later) and "Response Authentication"
+(TLS, checked per ``federation.verify_certificates`` through the
+``ssl.SSLContext`` given).
+
+The client sends JSON and reads JSON, with a timeout per request and a cap on
+the response size so a hostile peer cannot make us buffer gigabytes.
+Failures raise :class:`FederationClientError` (network, timeout, size,
+non-JSON) or its subclass :class:`FederationHttpError` (the peer answered
+with an error status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from signedjson.types import SigningKey
+from yarl import URL
+
+from federation.transport.wire import sign_request
+
+__all__ = [
+    "DEFAULT_FEDERATION_PORT",
+    "FederationClient",
+    "FederationClientError",
+    "FederationHttpError",
+    "base_url_for",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FEDERATION_PORT = 8448
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RESPONSE_SIZE = 50 * 1024 * 1024
+
+
+class FederationClientError(Exception):
+    """A request to ``destination`` failed.
+
+    ``transient`` says whether retrying later may help (network errors,
+    timeouts, 5xx, 429), so callers can decide on backoff.
+    """
+
+    def __init__(self, destination: str, reason: str, *, transient: bool = True) -> None:
+        super().__init__(f"{destination}: {reason}")
+        self.destination = destination
+        self.reason = reason
+        self.transient = transient
+
+
+class FederationHttpError(FederationClientError):
+    """The peer answered with a non-2xx status. ``body`` is its JSON, if any."""
+
+    def __init__(self, destination: str, status: int, body: Any) -> None:
+        errcode = body.get("errcode") if isinstance(body, dict) else None
+        error = body.get("error") if isinstance(body, dict) else None
+        detail = (
+            f"HTTP {status}" + (f" {errcode}" if errcode else "") + (f": {error}" if error else "")
+        )
+        super().__init__(destination, detail, transient=status >= 500 or status == 429)
+        self.status = status
+        self.body = body
+        self.errcode: str | None = errcode if isinstance(errcode, str) else None
+
+
+def base_url_for(destination: str) -> str:
+    """``https://host:port`` for a server name (spec "Resolving server names",
+    steps for an IP literal or an explicit port, else port 8448)."""
+    if destination.startswith("["):
+        host, _, rest = destination[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else str(DEFAULT_FEDERATION_PORT)
+        return f"https://[{host}]:{port}"
+    host, sep, port = destination.rpartition(":")
+    if sep and port.isdigit():
+        return f"https://{host}:{port}"
+    return f"https://{destination}:{DEFAULT_FEDERATION_PORT}"
+
+
+class FederationClient:
+    """Signed JSON requests to other homeservers.
+
+    ``signing_keys`` maps each server name we send as (a node hosts several)
+    to the key that signs its requests; ``origin`` defaults to
+    ``default_origin``. ``destination_overrides`` maps a server name to a
+    base URL (``http://127.0.0.1:1234``): for tests on loopback, where names
+    cannot carry the port chosen by the OS, and for pinning a peer's address.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        signing_keys: Mapping[str, SigningKey],
+        default_origin: str,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        destination_overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        if default_origin not in signing_keys:
+            raise ValueError(f"no signing key for default origin {default_origin}")
+        self._session = session
+        self._signing_keys = dict(signing_keys)
+        self.default_origin = default_origin
+        self._ssl = ssl_context
+        self._timeout_s = timeout_s
+        self._max_response_size = max_response_size
+        self.destination_overrides: MutableMapping[str, str] = dict(destination_overrides or {})
+
+    def set_signing_key(self, origin: str, key: SigningKey) -> None:
+        """Sign requests from ``origin`` with ``key`` from now on (rotation, new tenant)."""
+        self._signing_keys[origin] = key
+
+    def _base_url(self, destination: str) -> str:
+        return self.destination_overrides.get(destination) or base_url_for(destination)
+
+    async def get_json(
+        self,
+        destination: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        origin: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        return await self.request_json(
+            "GET", destination, path, query=query, origin=origin, timeout_s=timeout_s
+        )
+
+    async def post_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        *,
+        query: Mapping[str, Any] | None = None,
+        origin: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        return await self.request_json(
+            "POST", destination, path, body=body, query=query, origin=origin, timeout_s=timeout_s
+        )
+
+    async def put_json(
+        self,
+        destination: str,
+        path: str,
+        body: Any,
+        *,
+        query: Mapping[str, Any] | None = None,
+        origin: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        return await self.request_json(
+            "PUT", destination, path, body=body, query=query, origin=origin, timeout_s=timeout_s
+        )
+
+    async def request_json(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        origin: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Send one signed request and return the parsed JSON response.
+
+        ``path`` must already be percent-encoded (callers quote IDs); it is
+        sent exactly as signed. ``query`` values may be lists (repeated
+        parameters, e.g. ``ver``).
+        """
+        origin = origin or self.default_origin
+        key = self._signing_keys.get(origin)
+        if key is None:
+            raise ValueError(f"we do not host {origin}: no signing key")
+        uri = path
+        if query:
+            uri += "?" + urlencode(query, doseq=True)
+        auth = sign_request(
+            origin=origin,
+            destination=destination,
+            method=method,
+            uri=uri,
+            signing_key=key,
+            content=body,
+        )
+        headers = {"Authorization": auth, "Host": destination}
+        data: bytes | None = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        url = URL(self._base_url(destination) + uri, encoded=True)
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self._timeout_s)
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                ssl=self._ssl if self._ssl is not None else True,
+                allow_redirects=False,
+            ) as resp:
+                raw = await self._read_limited(destination, resp)
+                status = resp.status
+        except FederationClientError:
+            raise
+        except TimeoutError:
+            raise FederationClientError(destination, f"{method} {path} timed out") from None
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
+            raise FederationClientError(
+                destination, f"{method} {path} failed: {type(e).__name__}: {e}"
+            ) from None
+        parsed: Any
+        try:
+            parsed = json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError):
+            parsed = None
+            if 200 <= status < 300:
+                raise FederationClientError(
+                    destination, f"{method} {path}: response is not JSON", transient=False
+                ) from None
+        if not 200 <= status < 300:
+            raise FederationHttpError(destination, status, parsed)
+        return parsed
+
+    async def _read_limited(self, destination: str, resp: aiohttp.ClientResponse) -> bytes:
+        limit = self._max_response_size
+        if resp.content_length is not None and resp.content_length > limit:
+            raise FederationClientError(
+                destination,
+                f"response of {resp.content_length} bytes exceeds the {limit}-byte limit",
+                transient=False,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise FederationClientError(
+                    destination, f"response exceeds the {limit}-byte limit", transient=False
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
