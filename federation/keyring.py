@@ -227,6 +227,9 @@ class Keyring:
         }
         self._batches: dict[str, _Batch] = {}
         self._negative: dict[tuple[str, str], int] = {}
+        # Completed requests per server: a lookup that sees this change while
+        # it reads the cache knows a fresh answer just arrived.
+        self._generations: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- our own keys ------------------------------------------------------------
@@ -265,19 +268,21 @@ class Keyring:
                 if (v := local.get(k)) is not None and v.valid_at(for_ts, allow_old=allow_old)
             }
 
+        generation = self._generations.get(server_name, 0)
         found, missing = await self._from_cache(server_name, want, for_ts, allow_old)
         if not missing:
             return found
 
         batch = self._batches.get(server_name)
         if batch is not None and batch.started:
-            # A request to this server is already on the wire; its answer
-            # probably has what we need.
             await self._wait(batch)
+        if self._generations.get(server_name, 0) != generation:
+            # A request to this server was answered while we looked (we may
+            # have waited for it): asking again now would get the same answer.
+            # What it did not give is remembered as missing for a while.
             found, missing = await self._from_cache(server_name, want, for_ts, allow_old)
-            if not missing:
-                return found
-            batch = self._batches.get(server_name)
+            self._mark_missing(server_name, missing)
+            return found
 
         if batch is None or batch.started:
             batch = _Batch(done=asyncio.get_running_loop().create_future())
@@ -290,6 +295,14 @@ class Keyring:
         await self._wait(batch)
         found, _ = await self._from_cache(server_name, want, for_ts, allow_old)
         return found
+
+    def _mark_missing(self, server_name: str, key_ids: Iterable[str]) -> None:
+        now = self._clock.time_ms()
+        for k in key_ids:
+            self._negative[(server_name, k)] = now + self._negative_ttl_ms
+        # Forget stale negative entries so the dict cannot grow without bound.
+        if len(self._negative) > 10_000:
+            self._negative = {k: t for k, t in self._negative.items() if t > now}
 
     async def _wait(self, batch: _Batch) -> None:
         assert batch.done is not None
@@ -327,6 +340,7 @@ class Keyring:
         except Exception:  # a broken cache must not leave waiters hanging
             logger.exception("key lookup for %s failed", server_name)
         finally:
+            self._generations[server_name] = self._generations.get(server_name, 0) + 1
             if self._batches.get(server_name) is batch:
                 del self._batches[server_name]
             if not batch.done.done():
@@ -366,12 +380,7 @@ class Keyring:
                 break
             if not remaining and not fetch_all:
                 break
-        now = self._clock.time_ms()
-        for k in remaining:
-            self._negative[(server_name, k)] = now + self._negative_ttl_ms
-        # Forget stale negative entries so the dict cannot grow without bound.
-        if len(self._negative) > 10_000:
-            self._negative = {k: t for k, t in self._negative.items() if t > now}
+        self._mark_missing(server_name, remaining)
         return remaining
 
     # -- signature checks ----------------------------------------------------------
