@@ -167,6 +167,9 @@ class _LRU:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
 
 @dataclass
 class GroupPlan:
@@ -411,7 +414,7 @@ class StateStore:
         while gid is not None:
             g = self._known(tenant, gid, plan)
             if g is None:
-                chain.extend(await self._load_chain(conn, tenant, gid))
+                chain.extend((await self._load_chain(conn, tenant, gid))[0])
                 break
             chain.append(g)
             gid = g.base
@@ -423,7 +426,15 @@ class StateStore:
         cached: _Group | None = self._delta_cache.get((tenant, gid))
         return cached
 
-    async def _load_chain(self, conn: Queryable, tenant: str, group: int) -> list[_Group]:
+    async def _load_chain(
+        self, conn: Queryable, tenant: str, group: int, *, stop_at_cached_state: bool = False
+    ) -> tuple[list[_Group], StateMap | None]:
+        """Read ``group``'s chain (one recursive query) and the deltas of its groups.
+
+        With ``stop_at_cached_state``, the chain ends at the first group whose
+        full state is cached, and deeper deltas are not read; that state is
+        returned with the chain (which then ends above it).
+        """
         rows = await conn.fetch(
             "WITH RECURSIVE chain(id, delta_base, seq, prev_group) AS ("
             " SELECT id, delta_base, seq, prev_group FROM state_groups"
@@ -447,7 +458,15 @@ class StateStore:
             )
             for r in rows
         }
-        ids = list(groups)
+        ordered = sorted(groups.values(), key=lambda g: -g.seq)
+        start: StateMap | None = None
+        if stop_at_cached_state:
+            for n, g in enumerate(ordered):
+                start = self._full_cache.get((tenant, g.id))
+                if start is not None:
+                    ordered = ordered[:n]
+                    break
+        ids = [g.id for g in ordered]
         for part in chunks(ids):
             entries = await conn.fetch(
                 "SELECT state_group, type, state_key, event_id FROM state_group_entries "
@@ -457,12 +476,11 @@ class StateStore:
             )
             for e in entries:
                 groups[int(e[0])].delta[(str(e[1]), str(e[2]))] = e[3]
-        chain = [groups[int(r[0])] for r in rows]
-        chain.sort(key=lambda g: -g.seq)
+        chain = ordered
         for g in chain:
             if self._cacheable(conn, tenant, g.id):
                 self._delta_cache.put((tenant, g.id), g, len(g.delta))
-        return chain
+        return chain, start
 
     async def _resolve(
         self, conn: Queryable, tenant: str, group: int, plan: GroupPlan | None
@@ -484,18 +502,23 @@ class StateStore:
                 break
             g = self._known(tenant, gid, plan)
             if g is None:
-                loaded = await self._load_chain(conn, tenant, gid)
-                for lg in loaded:
-                    hit = self._full_cache.get((tenant, lg.id))
-                    if hit is not None:
-                        start = hit
-                        break
-                    pending.append(lg)
+                loaded, hit = await self._load_chain(
+                    conn, tenant, gid, stop_at_cached_state=True
+                )
+                pending.extend(loaded)
+                if hit is not None:
+                    start = hit
                 break
             pending.append(g)
             gid = g.base
         state: dict[StateKey, str] = dict(start)
-        for g in reversed(pending):
+        for n, g in enumerate(reversed(pending)):
+            if n == len(pending) - 1 and n > 0 and plan is None:
+                # Also keep the delta base's state: its other descendants
+                # (every group up to the base's next power of two) start there.
+                base = pending[1]
+                if self._cacheable(conn, tenant, base.id):
+                    self._full_cache.put((tenant, base.id), dict(state), len(state))
             for k, v in g.delta.items():
                 if v is None:
                     state.pop(k, None)
