@@ -48,6 +48,7 @@ __all__ = [
     "check_pdu_fields",
     "check_pdu_format",
     "check_pdu_size",
+    "check_pdu_size_from_content_hash_input",
     "is_valid_event_id",
     "is_valid_room_id",
     "is_valid_server_name",
@@ -116,33 +117,48 @@ def is_valid_room_id(room_id: str, rv: RoomVersion) -> bool:
     return _is_valid_localpart_id(room_id, "!")
 
 
+def _is_object(value: object) -> bool:
+    # `type() is dict` first: isinstance against the Mapping ABC is slow, and
+    # parsed JSON is always a dict.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _is_int(value: object, low: int, high: int) -> bool:
     # type() rather than isinstance(): bool is an int subclass, and true is not a number.
     return type(value) is int and low <= value <= high
 
 
 def _is_json_value_tree(obj: Any) -> bool:
-    """Fast check that every number is an int in the canonical range (no paths)."""
+    """Fast check that every number is an int in the canonical range (no paths).
+
+    Hot path of every received event: leaves are tested inline so that only
+    containers cost a call. Keys are not checked: parsed JSON only has string
+    keys, and JSON we build is checked by ``check_canonical_values`` before
+    it is signed.
+    """
     t = type(obj)
-    if t is str or obj is None or t is bool:
-        return True
-    if t is int:
-        return CANONICAL_INT_MIN <= obj <= CANONICAL_INT_MAX  # type: ignore[no-any-return]
     if t is dict:
-        # JSON object keys are always strings; a dict from elsewhere is caught
-        # by the encoder (canonicaljson refuses non-string keys when sorting).
-        for v in obj.values():
-            if not _is_json_value_tree(v):
-                return False
+        values: Any = obj.values()
+    elif t is list or t is tuple:
+        values = obj
+    elif t is str or obj is None or t is bool:
         return True
-    if t is list or t is tuple:
-        for v in obj:
-            if not _is_json_value_tree(v):
+    elif t is int:
+        return CANONICAL_INT_MIN <= obj <= CANONICAL_INT_MAX  # type: ignore[no-any-return]
+    elif isinstance(obj, Mapping):
+        values = obj.values()
+    else:
+        return False
+    for v in values:
+        tv = type(v)
+        if tv is str or v is None or tv is bool:
+            continue
+        if tv is int:
+            if not CANONICAL_INT_MIN <= v <= CANONICAL_INT_MAX:
                 return False
-        return True
-    if isinstance(obj, Mapping):
-        return all(type(k) is str and _is_json_value_tree(v) for k, v in obj.items())
-    return False
+        elif not _is_json_value_tree(v):
+            return False
+    return True
 
 
 def _check_event_id_list(pdu: Mapping[str, Any], key: str, limit: int) -> None:
@@ -158,7 +174,7 @@ def _check_event_id_list(pdu: Mapping[str, Any], key: str, limit: int) -> None:
 
 def check_pdu_fields(pdu: Mapping[str, Any], rv: RoomVersion) -> None:
     """Every format rule except the total size (see :func:`check_pdu_format`)."""
-    if not isinstance(pdu, Mapping):
+    if type(pdu) is not dict and not isinstance(pdu, Mapping):
         raise EventFormatError("event", "must be a JSON object")
 
     event_type = pdu.get("type")
@@ -195,26 +211,26 @@ def check_pdu_fields(pdu: Mapping[str, Any], rv: RoomVersion) -> None:
     if not _is_int(pdu.get("depth"), 0, CANONICAL_INT_MAX):
         raise EventFormatError("depth", f"is missing or not an integer in [0, {CANONICAL_INT_MAX}]")
 
-    if not isinstance(pdu.get("content"), Mapping):
+    if not _is_object(pdu.get("content")):
         raise EventFormatError("content", "is missing or not an object")
 
-    hashes = pdu.get("hashes")
-    if not isinstance(hashes, Mapping):
+    hashes: Any = pdu.get("hashes")
+    if not _is_object(hashes):
         raise EventFormatError("hashes", "is missing or not an object")
     if type(hashes.get("sha256")) is not str:
         raise EventFormatError("hashes.sha256", "is missing or not a string")
 
-    signatures = pdu.get("signatures")
-    if not isinstance(signatures, Mapping):
+    signatures: Any = pdu.get("signatures")
+    if not _is_object(signatures):
         raise EventFormatError("signatures", "is missing or not an object")
     for server, sigs in signatures.items():
-        if not isinstance(sigs, Mapping):
+        if not _is_object(sigs):
             raise EventFormatError(f"signatures.{server}", "must be an object")
         for key_id, sig in sigs.items():
             if type(sig) is not str:
                 raise EventFormatError(f"signatures.{server}.{key_id}", "must be a string")
 
-    if "unsigned" in pdu and not isinstance(pdu["unsigned"], Mapping):
+    if "unsigned" in pdu and not _is_object(pdu["unsigned"]):
         raise EventFormatError("unsigned", "must be an object")
 
     _check_event_id_list(pdu, "prev_events", MAX_PREV_EVENTS)
@@ -232,6 +248,29 @@ def check_pdu_fields(pdu: Mapping[str, Any], rv: RoomVersion) -> None:
         except MatrixError as e:
             raise EventFormatError("event", e.msg) from None
         raise EventFormatError("event", "contains a value that is not JSON")
+
+
+def _size_upper_bound(obj: Any) -> int | None:
+    """An upper bound on the canonical size of nested objects of strings, else ``None``.
+
+    A code point takes at most 6 bytes in canonical JSON (``\\u001f``; a
+    4-byte UTF-8 character is one code point). A member adds its key, two
+    quotes, a colon and a comma.
+    """
+    if type(obj) is str:
+        return 2 + 6 * len(obj)
+    if not _is_object(obj):
+        return None
+    total = 2
+    for k, v in obj.items():
+        if type(v) is str:
+            total += 6 + 6 * (len(k) + len(v))
+            continue
+        inner = _size_upper_bound(v)
+        if inner is None:
+            return None
+        total += 4 + 6 * len(k) + inner
+    return total
 
 
 def pdu_size_without_unsigned(pdu: Mapping[str, Any], content_hash_bytes: bytes) -> int:
@@ -252,6 +291,30 @@ def pdu_size_without_unsigned(pdu: Mapping[str, Any], content_hash_bytes: bytes)
             else:
                 size += 1
     return size
+
+
+def _pdu_within_size_limit(pdu: Mapping[str, Any], content_hash_bytes: bytes) -> int | None:
+    """``None`` if a cheap bound proves ``pdu`` fits, else its exact size."""
+    bound = len(content_hash_bytes) + 2 * 16
+    for key in ("hashes", "signatures"):
+        if key in pdu:
+            inner = _size_upper_bound(pdu[key])
+            if inner is None:
+                break
+            bound += inner
+    else:
+        if bound <= MAX_PDU_BYTES:
+            return None
+    return pdu_size_without_unsigned(pdu, content_hash_bytes)
+
+
+def check_pdu_size_from_content_hash_input(
+    pdu: Mapping[str, Any], content_hash_bytes: bytes
+) -> None:
+    """The size limit, given the bytes already encoded for the content hash."""
+    size = _pdu_within_size_limit(pdu, content_hash_bytes)
+    if size is not None:
+        check_pdu_size(size)
 
 
 def check_pdu_size(size: int) -> None:

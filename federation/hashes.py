@@ -38,14 +38,14 @@ __all__ = [
 ]
 
 _NOT_IN_CONTENT_HASH = frozenset({"unsigned", "signatures", "hashes"})
-_NOT_IN_REFERENCE_HASH = frozenset({"unsigned", "signatures"})
 
 
 def content_hash_input(pdu: Mapping[str, Any]) -> bytes:
     """Canonical JSON of ``pdu`` without ``unsigned``, ``signatures`` and ``hashes``."""
-    return encode_canonical_json(
-        {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
-    )
+    stripped = dict(pdu)
+    for key in _NOT_IN_CONTENT_HASH:
+        stripped.pop(key, None)
+    return encode_canonical_json(stripped)
 
 
 def compute_content_hash(pdu: Mapping[str, Any]) -> bytes:
@@ -56,7 +56,7 @@ def compute_content_hash(pdu: Mapping[str, Any]) -> bytes:
 def expected_content_hash(pdu: Mapping[str, Any]) -> bytes | None:
     """The decoded ``hashes.sha256`` of ``pdu``, or ``None`` if absent or not base64."""
     hashes = pdu.get("hashes")
-    if not isinstance(hashes, Mapping):
+    if type(hashes) is not dict and not isinstance(hashes, Mapping):
         return None
     claimed = hashes.get("sha256")
     if not isinstance(claimed, str):
@@ -83,10 +83,9 @@ def reference_hash_input(pdu: Mapping[str, Any], rv: RoomVersion) -> bytes:
 
     These are also the bytes every event signature signs.
     """
-    redacted = redact(pdu, rv)
-    return encode_canonical_json(
-        {k: v for k, v in redacted.items() if k not in _NOT_IN_REFERENCE_HASH}
-    )
+    redacted = redact(pdu, rv)  # a new top-level dict: safe to pop from
+    redacted.pop("signatures", None)
+    return encode_canonical_json(redacted)
 
 
 def compute_reference_hash(pdu: Mapping[str, Any], rv: RoomVersion) -> bytes:

@@ -95,7 +95,7 @@ def redact(pdu: Mapping[str, Any], rv: RoomVersion) -> dict[str, Any]:
     out = {k: v for k, v in pdu.items() if k in keep}
 
     content = pdu.get("content")
-    if not isinstance(content, Mapping):
+    if type(content) is not dict and not isinstance(content, Mapping):
         content = {}
     event_type = pdu.get("type")
     allowed = preserved_content_keys(event_type, rv) if isinstance(event_type, str) else frozenset()

@@ -32,9 +32,8 @@ from __future__ import annotations
 import binascii
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import nacl.exceptions
 import signedjson.sign
@@ -47,13 +46,12 @@ from federation.errors import Codes, MatrixError
 from federation.event_format import (
     EventFormatError,
     check_pdu_fields,
-    check_pdu_size,
+    check_pdu_size_from_content_hash_input,
     is_valid_user_id,
-    pdu_size_without_unsigned,
     server_name_of,
 )
 from federation.events import Event
-from federation.hashes import compute_content_hash, expected_content_hash
+from federation.hashes import compute_content_hash, content_hash_input, expected_content_hash
 from federation.redaction import redact
 from federation.room_versions import RoomVersion
 
@@ -251,18 +249,25 @@ def required_signers(pdu: Mapping[str, Any], rv: RoomVersion) -> set[str]:
 
     The v10 ``origin`` field is not a signer: v3+ rooms only require the
     sender's server, and Synapse does not add its own signature to joins it
-    relays through ``send_join``.
+    relays through ``send_join``. Raises ``EventFormatError`` if ``sender`` or
+    the authorising user is not a valid user ID.
     """
+    sender = pdu.get("sender")
+    if not isinstance(sender, str) or not is_valid_user_id(sender):
+        raise EventFormatError("sender", "is not a valid user ID")
+    return _required_signers(pdu, rv, sender)
+
+
+def _required_signers(pdu: Mapping[str, Any], rv: RoomVersion, sender: str) -> set[str]:
+    """:func:`required_signers` for a ``sender`` already known to be valid."""
+    if pdu.get("type") != "m.room.member":
+        return {server_name_of(sender)}
     signers: set[str] = set()
     if not _is_third_party_invite(pdu):
-        sender = pdu.get("sender")
-        if not isinstance(sender, str) or not is_valid_user_id(sender):
-            raise EventFormatError("sender", "is not a valid user ID")
         signers.add(server_name_of(sender))
     content = pdu.get("content")
     if (
         rv.restricted_join_rule
-        and pdu.get("type") == "m.room.member"
         and isinstance(content, Mapping)
         and content.get("membership") == "join"
         and "join_authorised_via_users_server" in content
@@ -276,8 +281,7 @@ def required_signers(pdu: Mapping[str, Any], rv: RoomVersion) -> set[str]:
     return signers
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedPdu:
+class VerifiedPdu(NamedTuple):
     """The result of :func:`verify_pdu`.
 
     ``event`` has the correct event ID. When ``content_hash_ok`` is false the
@@ -306,7 +310,7 @@ def _check_server_signatures(
     skipped (spec); having none known is the caller's decision.
     """
     server_sigs = signatures.get(server_name)
-    if not isinstance(server_sigs, Mapping) or not server_sigs:
+    if not server_sigs or (type(server_sigs) is not dict and not isinstance(server_sigs, Mapping)):
         raise SignatureVerifyError(server_name, None, SignatureFailure.MISSING_SIGNATURE)
     server_keys = keys.get(server_name) or {}
     checked = 0
@@ -337,17 +341,15 @@ def verify_pdu(
     """
     check_pdu_fields(pdu, rv)
     try:
-        content_bytes = encode_canonical_json(
-            {k: v for k, v in pdu.items() if k not in ("unsigned", "signatures", "hashes")}
-        )
+        content_bytes = content_hash_input(pdu)
         redacted = redact(pdu, rv)
         signatures = redacted.pop("signatures")
         signing_bytes = encode_canonical_json(redacted)
     except UnicodeEncodeError:
         raise EventFormatError("event", "contains a lone UTF-16 surrogate") from None
-    check_pdu_size(pdu_size_without_unsigned(pdu, content_bytes))
+    check_pdu_size_from_content_hash_input(pdu, content_bytes)
 
-    signers = required_signers(pdu, rv)
+    signers = _required_signers(pdu, rv, pdu["sender"])  # sender checked by the format
     for server_name in signers:
         if _check_server_signatures(signing_bytes, server_name, signatures, keys) == 0:
             raise SignatureVerifyError(

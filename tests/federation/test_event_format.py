@@ -21,6 +21,7 @@ from federation.event_format import (
 from federation.events import event_from_pdu
 from federation.hashes import content_hash_input
 from federation.room_versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
+from federation.signing import SignatureVerifyError, verify_pdu
 from tests.vectors.loader import corpus_events
 
 EVENT_ID = "$" + "x" * 43
@@ -191,3 +192,21 @@ def test_event_from_pdu() -> None:
     assert event_from_pdu(pdu, ROOM_V12).event_id == event.event_id
     with pytest.raises(EventFormatError):
         event_from_pdu({**pdu, "depth": -5}, "12")
+
+
+def test_verify_pdu_applies_the_size_limit_to_signatures_too() -> None:
+    pdu = _pdu(ROOM_V11, content={"body": ""})
+    base = len(pdu_size_bytes(pdu))
+    filler = "x" * (MAX_PDU_BYTES - base)
+    fits = _pdu(ROOM_V11, content={"body": filler})
+    with pytest.raises(SignatureVerifyError):  # past the format checks
+        verify_pdu(fits, ROOM_V11, {})
+    with pytest.raises(EventFormatError) as e:
+        verify_pdu(_pdu(ROOM_V11, content={"body": filler + "x"}), ROOM_V11, {})
+    assert "65536" in e.value.msg
+    huge_sigs = {"a.test": {f"ed25519:{i}": "s" * 100 for i in range(700)}}
+    with pytest.raises(EventFormatError):
+        verify_pdu(_pdu(ROOM_V11, signatures=huge_sigs), ROOM_V11, {})
+    escaped = {"a.test": {"ed25519:1": "\x01" * 11000}}  # 6 bytes each when encoded
+    with pytest.raises(EventFormatError):
+        verify_pdu(_pdu(ROOM_V11, signatures=escaped), ROOM_V11, {})
