@@ -78,6 +78,11 @@ class EventFormatError(MatrixError):
         self.problem = problem
 
 
+def _over_id_limit(value: str) -> bool:
+    """Whether ``value`` exceeds 255 bytes of UTF-8 (at most 4 bytes a code point)."""
+    return len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_ID_BYTES
+
+
 def is_valid_server_name(name: str) -> bool:
     """Whether ``name`` matches the server-name grammar (appendices.md "Server Name")."""
     return _SERVER_NAME.fullmatch(name) is not None
@@ -92,7 +97,7 @@ def _is_valid_localpart_id(value: str, sigil: str) -> bool:
     localpart, sep, server = value[1:].partition(":")
     if not sep or "\x00" in localpart:
         return False
-    return is_valid_server_name(server) and len(value.encode("utf-8")) <= MAX_ID_BYTES
+    return is_valid_server_name(server) and not _over_id_limit(value)
 
 
 def is_valid_user_id(user_id: str) -> bool:
@@ -180,7 +185,7 @@ def check_pdu_fields(pdu: Mapping[str, Any], rv: RoomVersion) -> None:
     event_type = pdu.get("type")
     if type(event_type) is not str:
         raise EventFormatError("type", "is missing or not a string")
-    if len(event_type.encode("utf-8")) > MAX_ID_BYTES:
+    if _over_id_limit(event_type):
         raise EventFormatError("type", f"exceeds {MAX_ID_BYTES} bytes")
 
     sender = pdu.get("sender")
@@ -193,7 +198,7 @@ def check_pdu_fields(pdu: Mapping[str, Any], rv: RoomVersion) -> None:
         state_key = pdu["state_key"]
         if type(state_key) is not str:
             raise EventFormatError("state_key", "must be a string")
-        if len(state_key.encode("utf-8")) > MAX_ID_BYTES:
+        if _over_id_limit(state_key):
             raise EventFormatError("state_key", f"exceeds {MAX_ID_BYTES} bytes")
 
     room_id = pdu.get("room_id")
