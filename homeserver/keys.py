@@ -1,0 +1,207 @@
+"""Our signing keys and the keyring, assembled for one node.
+
+Spec: server-server API "Retrieving server keys". :class:`KeyService` holds,
+per server name this node hosts, the signing keys from the key file and the
+retired keys to publish under ``old_verify_keys`` (from config
+``old_signing_keys`` and from the ``local_signing_keys`` table, so a key
+rotated out of the key file keeps being published after a restart). It also
+owns the node's :class:`~federation.keyring.Keyring` (origin first, then the
+trusted notaries of ``federation.trusted_key_servers``, cached in the
+database) and the signed federation client the keyring fetches through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from signedjson.types import SigningKey
+
+from federation.clock import Clock
+from federation.keyring import (
+    DirectKeyFetcher,
+    KeyFetcher,
+    Keyring,
+    NotaryKeyFetcher,
+    NotarySpec,
+    local_fetched_keys,
+)
+from federation.server_keys import (
+    KeyLookupError,
+    OldVerifyKey,
+    build_server_key_response,
+    decode_verify_key,
+    key_id_of,
+    verify_key_of,
+)
+from federation.transport.client import FederationClient
+from homeserver.config import HomeserverConfig
+from storage.database import Database
+from storage.stores.keys import KeyStore
+
+__all__ = ["KeyService", "key_service_for", "notary_specs"]
+
+logger = logging.getLogger(__name__)
+
+
+def notary_specs(config: HomeserverConfig) -> list[NotarySpec]:
+    """Trusted key servers from config, with their pinned keys decoded.
+
+    A notary without pinned keys is skipped with a warning: nothing would
+    stop it from lying about every server's keys.
+    """
+    out: list[NotarySpec] = []
+    for ks in config.federation.trusted_key_servers:
+        if not ks.verify_keys:
+            logger.warning(
+                "federation.trusted_key_servers: %s has no verify_keys; not using it "
+                "(its answers could not be checked)",
+                ks.server_name,
+            )
+            continue
+        keys = {}
+        for key_id, b64 in ks.verify_keys.items():
+            try:
+                keys[key_id] = decode_verify_key(key_id, b64)
+            except KeyLookupError as e:
+                raise ValueError(f"federation.trusted_key_servers: {ks.server_name}: {e}") from None
+        out.append(NotarySpec(ks.server_name, keys))
+    return out
+
+
+class KeyService:
+    """Own keys per hosted name, our key response, the keyring and its client."""
+
+    def __init__(
+        self,
+        *,
+        hosted: Mapping[str, Sequence[SigningKey]],
+        configured_old: Mapping[str, Sequence[OldVerifyKey]],
+        store: KeyStore,
+        keyring: Keyring,
+        client: FederationClient,
+        clock: Clock,
+        validity_ms: int,
+    ) -> None:
+        self._hosted = {name: list(keys) for name, keys in hosted.items()}
+        self._configured_old = {name: list(v) for name, v in configured_old.items()}
+        self._old: dict[str, list[OldVerifyKey]] = {name: [] for name in hosted}
+        self.store = store
+        self.keyring = keyring
+        self.client = client
+        self._clock = clock
+        self._validity_ms = validity_ms
+        self._responses: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._ready: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        config: HomeserverConfig,
+        clock: Clock,
+        database: Database,
+        session: aiohttp.ClientSession,
+        signing_keys: Sequence[SigningKey],
+        ssl_context: ssl.SSLContext | None = None,
+        destination_overrides: Mapping[str, str] | None = None,
+    ) -> KeyService:
+        """Wire the service from config; call :meth:`start` before serving."""
+        name = config.server_name
+        configured_old = [
+            OldVerifyKey(k.key_id, decode_verify_key(k.key_id, k.public_key), k.expired_ts)
+            for k in config.old_signing_keys
+        ]
+        client = FederationClient(
+            session,
+            signing_keys={name: signing_keys[0]},
+            default_origin=name,
+            ssl_context=ssl_context,
+            destination_overrides=destination_overrides,
+        )
+        store = KeyStore(database)
+        fetchers: list[KeyFetcher] = [DirectKeyFetcher(client, clock)]
+        fetchers += [NotaryKeyFetcher(client, clock, spec) for spec in notary_specs(config)]
+        keyring = Keyring(fetchers, store, clock)
+        return cls(
+            hosted={name: signing_keys},
+            configured_old={name: configured_old},
+            store=store,
+            keyring=keyring,
+            client=client,
+            clock=clock,
+            validity_ms=config.key_validity_period,
+        )
+
+    async def start(self) -> None:
+        """Record our keys (retiring any that left the key file); idempotent."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._ready)
+
+    async def _start(self) -> None:
+        now = self._clock.time_ms()
+        for name, keys in self._hosted.items():
+            current = {key_id_of(k): verify_key_of(k) for k in keys}
+            self._old[name] = await self.store.sync_local_keys(
+                name, current, self._configured_old.get(name, []), now
+            )
+            self.keyring.set_local_keys(name, local_fetched_keys(name, keys, self._old[name]))
+            for ok in self._old[name]:
+                logger.info("Publishing retired key %s of %s as old", ok.key_id, name)
+
+    @property
+    def server_names(self) -> list[str]:
+        return list(self._hosted)
+
+    def hosts(self, server_name: str) -> bool:
+        return server_name in self._hosted
+
+    def signing_keys(self, server_name: str) -> list[SigningKey]:
+        return list(self._hosted[server_name])
+
+    async def key_response(self, server_name: str) -> dict[str, Any]:
+        """Our signed ``GET /_matrix/key/v2/server`` body for ``server_name``.
+
+        Rebuilt once half of its validity has passed, so what we serve is
+        always valid for at least half of ``key_validity_period`` (and a
+        notary caching it for half its lifetime never serves it expired).
+        """
+        await self.start()
+        now = self._clock.time_ms()
+        cached = self._responses.get(server_name)
+        if cached is not None and now < cached[0] + self._validity_ms // 2:
+            return cached[1]
+        body = build_server_key_response(
+            server_name,
+            self._hosted[server_name],
+            self._old[server_name],
+            now_ms=now,
+            validity_ms=self._validity_ms,
+        )
+        self._responses[server_name] = (now, body)
+        return body
+
+    async def close(self) -> None:
+        await self.keyring.close()
+
+
+def key_service_for(hs: Any) -> KeyService:
+    """The node's KeyService: ``hs.keys`` (set by ``HomeServer.start``), built
+    on first use for a HomeServer that does not set it."""
+    ks = getattr(hs, "keys", None)
+    if ks is None:
+        ks = KeyService.build(
+            config=hs.config,
+            clock=hs.clock,
+            database=hs.database,
+            session=hs.http_client,
+            signing_keys=hs.signing_keys,
+        )
+        hs.keys = ks
+    assert isinstance(ks, KeyService)
+    return ks
