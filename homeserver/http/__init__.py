@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every listener: middleware, servlets, JSON bodies."""

@@ -1,0 +1,54 @@
+"""Which servlets each listener type serves: the one extension point for HTTP.
+
+To add endpoints, write a module with ``register(app, hs)`` that builds its
+servlets from the exact collaborators they need (``hs.database``,
+``hs.clock``, ``hs.config``, ...) and registers them on ``app``; then add one
+line to the matching tuple below. Nothing else in the HTTP core changes.
+
+Per listener type:
+
+* ``client``: the Client-Server API (``/_matrix/client``, ``/_matrix/media``)
+  and Concord's admin API (``/_concord/admin``); CORS is applied.
+* ``federation``: the Server-Server API (``/_matrix/federation``,
+  ``/_matrix/key``).
+* ``metrics``: ``/metrics`` is always served; add nothing here normally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from homeserver.http import x_matrix
+from homeserver.rest import federation_version, health, keys
+from homeserver.rest.client import versions
+
+if TYPE_CHECKING:
+    from homeserver.config import ListenerType
+    from homeserver.server import HomeServer
+
+__all__ = ["REGISTRARS", "Registrar"]
+
+Registrar = Callable[[web.Application, "HomeServer"], None]
+
+CLIENT: tuple[Registrar, ...] = (
+    health.register,
+    versions.register,
+)
+
+FEDERATION: tuple[Registrar, ...] = (
+    health.register,
+    x_matrix.register,
+    keys.register,
+    federation_version.register,
+)
+
+METRICS: tuple[Registrar, ...] = ()
+
+REGISTRARS: Mapping[ListenerType, Sequence[Registrar]] = {
+    "client": CLIENT,
+    "federation": FEDERATION,
+    "metrics": METRICS,
+}
