@@ -121,9 +121,7 @@ async def start_listener(
                 raise ListenerError(
                     f"{cfg.type} listener: cannot listen on {host}:{cfg.port}: {e.strerror or e}"
                 ) from None
-            site = web.SockSite(
-                runner, sock, ssl_context=ssl_context, shutdown_timeout=shutdown_timeout
-            )
+            site = web.SockSite(runner, sock, ssl_context=ssl_context)
             await site.start()
             addresses.append(BoundAddress(cfg.type, host, sock.getsockname()[1], cfg.tls))
     except BaseException:
