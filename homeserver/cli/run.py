@@ -22,8 +22,8 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "run",
         help="Run the homeserver in the foreground.",
-        description="Start the homeserver described by FILE and serve until SIGTERM or "
-        "SIGINT, then finish in-flight requests (up to shutdown_timeout), close the "
+        description="Run the homeserver described by FILE in the foreground until SIGTERM or "
+        "SIGINT; then finish in-flight requests (up to shutdown_timeout), close the "
         "database and exit 0. Exits 1 if the config is invalid or the server cannot start.",
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="the YAML config")
