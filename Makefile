@@ -30,7 +30,7 @@ run: $(VENV)/.installed
 
 ## make test: install the test extra, make sure PostgreSQL answers, run pytest then trial.
 test: $(VENV)/.installed-test
-	scripts/with-postgres.sh sh -c '$(PY) -m pytest; p=$$?; $(VENV)/bin/trial --reactor=asyncio tests.trial; t=$$?; [ $$p -eq 0 ] && [ $$t -eq 0 ]'
+	scripts/with-postgres.sh sh -c '$(PY) -m pytest; p=$$?; $(PY) -m twisted.trial --reactor=asyncio tests.trial; t=$$?; [ $$p -eq 0 ] && [ $$t -eq 0 ]'
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
