@@ -1,0 +1,86 @@
+"""Concord nodes that a real Synapse can federate with.
+
+A node is named ``127.0.0.1:PORT`` and serves federation over TLS on exactly
+that port, which is what Synapse resolves the name to (Server-Server API,
+"Resolving server names", step 2: IP literal with a port). The port must be
+in the name before the node binds it, so it is picked first with
+:func:`free_port` and the start retried if another process took it meanwhile.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from signedjson.key import generate_signing_key, write_signing_keys
+
+from federation.clock import Clock, RealClock
+from homeserver.config import parse_config
+from homeserver.server import HomeServer, StartupError
+from tests.interop.synapse import free_port, write_self_signed_certificate
+
+__all__ = ["START_ATTEMPTS", "ConcordFactory", "node_config", "start_concord_node"]
+
+START_ATTEMPTS = 5
+
+#: What the ``concord_nodes`` fixture yields: ``await start(name=..., **kwargs)``.
+ConcordFactory = Callable[..., Awaitable[HomeServer]]
+
+
+def node_config(d: Path, port: int, *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Raw config of a node named ``127.0.0.1:port`` with a TLS federation listener.
+
+    Writes the node's signing key and self-signed certificate into ``d``.
+    """
+    d.mkdir(parents=True, exist_ok=True)
+    key = generate_signing_key(secrets.token_hex(3))
+    buf = io.StringIO()
+    write_signing_keys(buf, [key])
+    (d / "signing.key").write_text(buf.getvalue())
+    write_self_signed_certificate("127.0.0.1", d / "tls.crt", d / "tls.key")
+    raw: dict[str, Any] = {
+        "server_name": f"127.0.0.1:{port}",
+        "data_dir": str(d),
+        "signing_key_path": str(d / "signing.key"),
+        "database": {"url": f"sqlite://{d / 'concord.db'}"},
+        "listeners": [
+            {
+                "type": "federation",
+                "port": port,
+                "bind_addresses": ["127.0.0.1"],
+                "tls": True,
+                "tls_certificate_path": str(d / "tls.crt"),
+                "tls_private_key_path": str(d / "tls.key"),
+            },
+            {"type": "client", "port": 0, "bind_addresses": ["127.0.0.1"]},
+        ],
+        # Synapse's certificate is self-signed too.
+        "federation": {"verify_certificates": False, "trusted_key_servers": []},
+    }
+    raw.update(extra or {})
+    return raw
+
+
+async def start_concord_node(
+    d: Path, *, clock: Clock | None = None, extra: Mapping[str, Any] | None = None
+) -> HomeServer:
+    """Start a node in ``d`` named ``127.0.0.1:PORT``; the caller stops it.
+
+    Real time by default: Synapse checks ``valid_until_ts`` against its own
+    clock, so a fake one would make our keys look expired to it.
+    """
+    last: StartupError | None = None
+    for _ in range(START_ATTEMPTS):
+        cfg = parse_config(node_config(d, free_port(), extra=extra), base_dir=str(d))
+        try:
+            return await HomeServer.start(cfg, clock=clock or RealClock())
+        except StartupError as e:
+            if "cannot listen" not in str(e):
+                raise
+            # Lost the port race to another process; pick another.
+            last = e
+    assert last is not None
+    raise last
