@@ -227,7 +227,6 @@ class HomeServer:
         await asyncio.gather(*(li.runner.cleanup() for li in self.listeners))
         if self.keys is not None:
             await self.keys.close()
-        await self.keys.close()
         await self.http_client.close()
         await self.database.close()
         logger.info("Stopped %s", self.server_name)
