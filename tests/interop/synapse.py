@@ -898,12 +898,23 @@ class SynapseClient:
 
     # -- federation-facing views
 
-    async def query_server_keys(self, server_name: str) -> dict[str, Any]:
-        """Synapse's notary view (``GET /_matrix/key/v2/query/{serverName}``) of a server's
-        keys: what it has fetched, checked and stored, re-signed by Synapse."""
-        result: dict[str, Any] = await self.request(
-            "GET", f"/_matrix/key/v2/query/{_q(server_name)}"
-        )
+    async def query_server_keys(
+        self, server_name: str, key_id: str | None = None
+    ) -> dict[str, Any]:
+        """Synapse's notary view of a server's keys, re-signed by Synapse.
+
+        Without ``key_id`` (``GET /_matrix/key/v2/query/{serverName}``) Synapse 1.163
+        serves only what it already stored and never fetches. With ``key_id``
+        (``POST /_matrix/key/v2/query``) a cache miss makes it fetch from the server
+        itself, check the response and store it first.
+        """
+        if key_id is None:
+            result: dict[str, Any] = await self.request(
+                "GET", f"/_matrix/key/v2/query/{_q(server_name)}"
+            )
+        else:
+            body = {"server_keys": {server_name: {key_id: {"minimum_valid_until_ts": 0}}}}
+            result = await self.request("POST", "/_matrix/key/v2/query", body=body)
         return result
 
     async def reset_federation_backoff(self, admin: SynapseUser, destination: str) -> None:

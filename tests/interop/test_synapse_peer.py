@@ -167,6 +167,27 @@ async def test_synapse_fetches_and_accepts_concord_keys(
     verify_signed_json(response, synapse.server_name, syn_verify_key)
 
 
+async def test_synapse_notary_fetches_concord_keys_by_key_id(
+    synapse_client: SynapseClient, concord_nodes: ConcordFactory
+) -> None:
+    """Asked for a key ID it has not seen, Synapse's notary fetches the node's
+    ``/_matrix/key/v2/server`` itself and serves it only if the node's signature holds."""
+    hs = await concord_nodes()
+    verify_key = get_verify_key(hs.signing_key)
+    key_id = f"{verify_key.alg}:{verify_key.version}"
+    # Nothing stored yet, and a query without key ID does not fetch.
+    assert (await synapse_client.query_server_keys(hs.server_name)) == {"server_keys": []}
+
+    [response] = (await synapse_client.query_server_keys(hs.server_name, key_id))["server_keys"]
+    assert response["server_name"] == hs.server_name
+    assert set(response["verify_keys"]) == {key_id}
+    assert response["valid_until_ts"] > 0
+    verify_signed_json(response, hs.server_name, verify_key)
+    # Stored now: the plain query serves it too.
+    [stored] = (await synapse_client.query_server_keys(hs.server_name))["server_keys"]
+    assert stored["verify_keys"] == response["verify_keys"]
+
+
 async def test_a_request_signed_with_an_unknown_key_is_refused(
     synapse_client: SynapseClient, concord_nodes: ConcordFactory
 ) -> None:
