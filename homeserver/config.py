@@ -44,6 +44,9 @@ __all__ = [
     "ListenerConfig",
     "LoggingConfig",
     "OldSigningKey",
+    "QuotasConfig",
+    "RatelimitingConfig",
+    "TenantConfig",
     "TrustedKeyServer",
     "find_file_problems",
     "load_config",
@@ -246,6 +249,110 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class QuotasConfig:
+    max_users: int | None = _opt(
+        "Most local users the tenant may have; registering one more is refused with "
+        "403 M_RESOURCE_LIMIT_EXCEEDED. Unset: no limit.",
+        default=None,
+        minimum=0,
+        example=500,
+    )
+    max_rooms: int | None = _opt(
+        "Most rooms the tenant's users may create. Unset: no limit.",
+        default=None,
+        minimum=0,
+        example=1000,
+    )
+    max_events_per_minute: int | None = _opt(
+        "Most events the tenant's users may send per minute, all users together "
+        "(a token bucket refilled evenly over the minute). Unset: no limit.",
+        default=None,
+        minimum=1,
+        example=600,
+    )
+    admin_contact: str | None = _opt(
+        "Where users who hit a quota may reach the operator (`admin_contact` of "
+        "M_RESOURCE_LIMIT_EXCEEDED, which the spec requires). Unset: "
+        "`mailto:admin@<server name>`.",
+        default=None,
+        example="mailto:ops@example.org",
+    )
+
+
+@dataclass(frozen=True)
+class RatelimitingConfig:
+    login_per_address_per_second: float = _opt(
+        "Login attempts refilled per second for each client IP address (per tenant).",
+        default=0.17,
+        minimum=0.0001,
+        example=0.05,
+    )
+    login_per_address_burst: int = _opt(
+        "Login attempts an IP address may make at once before being limited "
+        "(429 M_LIMIT_EXCEEDED with `retry_after_ms`).",
+        default=10,
+        minimum=1,
+        example=5,
+    )
+    login_per_account_per_second: float = _opt(
+        "Login attempts refilled per second for each account.",
+        default=0.17,
+        minimum=0.0001,
+        example=0.05,
+    )
+    login_per_account_burst: int = _opt(
+        "Login attempts one account may receive at once before being limited.",
+        default=5,
+        minimum=1,
+        example=3,
+    )
+
+
+TenantMode = Literal["shared", "dedicated"]
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    server_name: str = _opt(
+        "The tenant's server name (`@user:NAME`), optionally with a port.",
+        example="acme.example",
+    )
+    client_hostnames: tuple[str, ...] = _opt(
+        "Other `Host` names its client API answers on (`matrix.acme.example`); a "
+        "port is compared only when the name carries one.",
+        default=(),
+        example=["matrix.acme.example"],
+    )
+    signing_key_path: str | None = _opt(
+        "The tenant's ed25519 signing key file; created at start-up when missing.",
+        default=None,
+        kind="path",
+        default_doc="`<data_dir>/tenants/<server_name>.signing.key`",
+        example="/data/tenants/acme.example.signing.key",
+    )
+    mode: TenantMode = _opt(
+        "`shared`: the tenant's rows live in the node's database. `dedicated`: in its "
+        "own database (`database_url`), migrated when the tenant is created.",
+        default="shared",
+        example="dedicated",
+    )
+    database_url: str | None = _opt(
+        "The tenant's own database (`sqlite:///PATH` or `postgresql://...`); required "
+        "with `mode: dedicated`, refused with `shared`.",
+        default=None,
+        example="postgresql://concord@localhost/acme",
+    )
+    enable_registration: bool = _opt(
+        "Let anyone register an account on this tenant (`POST /register`).",
+        default=False,
+        example=True,
+    )
+    quotas: QuotasConfig = _opt(
+        "The tenant's quotas.", default=QuotasConfig(), example={"max_users": 100}
+    )
+
+
+@dataclass(frozen=True)
 class HomeserverConfig:
     server_name: str = _opt(
         "This server's public name: the domain part of its user IDs and room aliases "
@@ -338,6 +445,44 @@ class HomeserverConfig:
         default=None,
         kind="path",
         example="/data/registration_shared_secret",
+    )
+    enable_registration: bool = _opt(
+        "Let anyone register an account on `server_name` (`POST /register` with the "
+        "`m.login.dummy` flow). Off: only the shared-secret flow and "
+        "`homeserver register-user` create accounts.",
+        default=False,
+        example=True,
+    )
+    password_hash_rounds: int = _opt(
+        "bcrypt cost factor for password hashes (each step doubles the work). Lower "
+        "it only for tests.",
+        default=12,
+        minimum=4,
+        maximum=31,
+        example=12,
+    )
+    client_hostnames: tuple[str, ...] = _opt(
+        "Other `Host` names the client API of `server_name` answers on, when the "
+        "node hosts several tenants (a single-tenant node answers on every Host).",
+        default=(),
+        example=["matrix.example.org"],
+    )
+    quotas: QuotasConfig = _opt(
+        "Quotas of `server_name` (each tenant sets its own under `tenants`).",
+        default=QuotasConfig(),
+        example={"max_users": 1000},
+    )
+    ratelimiting: RatelimitingConfig = _opt(
+        "Rate limits on login attempts, per IP address and per account.",
+        default=RatelimitingConfig(),
+        example={"login_per_address_burst": 5},
+    )
+    tenants: tuple[TenantConfig, ...] = _opt(
+        "Further server names this node hosts, each with its own keys, users and "
+        "rooms (docs/usage/tenants.md). More can be added at run time with "
+        "`homeserver tenant create`.",
+        default=(),
+        example=[{"server_name": "acme.example", "client_hostnames": ["matrix.acme.example"]}],
     )
 
     def listeners_of(self, kind: ListenerType) -> tuple[ListenerConfig, ...]:
@@ -711,6 +856,8 @@ def _check_semantics(loader: _Loader, cfg: HomeserverConfig) -> HomeserverConfig
             if not isinstance(key, str) or not _B64_RE.match(key):
                 loader.problem(where, "expected an unpadded base64 ed25519 public key")
 
+    tenants = _check_tenants(loader, cfg, data_dir)
+
     try:
         logging.Formatter(cfg.logging.format).format(
             logging.LogRecord("x", logging.INFO, "x", 0, "m", None, None)
@@ -724,7 +871,62 @@ def _check_semantics(loader: _Loader, cfg: HomeserverConfig) -> HomeserverConfig
         signing_key_path=signing_key_path,
         database=database,
         registration_shared_secret=secret,
+        tenants=tenants,
     )
+
+
+def tenant_key_file_name(server_name: str) -> str:
+    """File name for a tenant's key: the server name with ``:``/``[]`` made path-safe."""
+    return re.sub(r"[^A-Za-z0-9.\-]", "_", server_name) + ".signing.key"
+
+
+def _check_tenants(
+    loader: _Loader, cfg: HomeserverConfig, data_dir: str
+) -> tuple[TenantConfig, ...]:
+    """Names unique and valid, hostnames claimed once, mode and database agree."""
+    claimed: dict[str, str] = {}
+
+    def claim(name: str, where: str, owner: str) -> None:
+        other = claimed.setdefault(name.lower(), owner)
+        if other != owner:
+            loader.problem(where, f"{name} is already used by {other}")
+
+    claim(cfg.server_name, "server_name", "server_name")
+    for j, host in enumerate(cfg.client_hostnames):
+        if not valid_server_name(host):
+            loader.problem(f"client_hostnames[{j}]", f"expected a host name, got {_shown(host)}")
+        claim(host, f"client_hostnames[{j}]", "server_name")
+    out = []
+    for i, t in enumerate(cfg.tenants):
+        where = f"tenants[{i}]"
+        if not valid_server_name(t.server_name):
+            loader.problem(
+                f"{where}.server_name",
+                f"expected a host name with an optional port, got {_shown(t.server_name)}",
+            )
+        claim(t.server_name, f"{where}.server_name", where)
+        for j, host in enumerate(t.client_hostnames):
+            if not valid_server_name(host):
+                loader.problem(
+                    f"{where}.client_hostnames[{j}]", f"expected a host name, got {_shown(host)}"
+                )
+            claim(host, f"{where}.client_hostnames[{j}]", where)
+        if t.mode == "dedicated" and not t.database_url:
+            loader.problem(f"{where}.database_url", "required with mode: dedicated")
+        if t.mode == "shared" and t.database_url:
+            loader.problem(f"{where}.database_url", "only applies with mode: dedicated")
+        if t.database_url:
+            scheme = urlsplit(t.database_url).scheme
+            if scheme not in ("sqlite", "postgresql", "postgres"):
+                loader.problem(
+                    f"{where}.database_url",
+                    f"expected a sqlite:/// or postgresql:// URL, got {_shown(t.database_url)}",
+                )
+        key_path = t.signing_key_path or os.path.join(
+            data_dir, "tenants", tenant_key_file_name(t.server_name)
+        )
+        out.append(dataclasses.replace(t, signing_key_path=key_path))
+    return tuple(out)
 
 
 def parse_config(
