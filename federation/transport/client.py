@@ -8,7 +8,10 @@ server names" (here only the explicit-port and default-port cases; the
 ``ssl.SSLContext`` given).
 
 The client sends JSON and reads JSON, with a timeout per request and a cap on
-the response size so a hostile peer cannot make us buffer gigabytes.
+the response size so a hostile peer cannot make us buffer gigabytes. Each
+destination has its own bound on concurrent requests, on top of the session's
+keep-alive pool (keyed by host and port), so one slow peer cannot take every
+connection.
 Failures raise :class:`FederationClientError` (network, timeout, size,
 non-JSON) or its subclass :class:`FederationHttpError` (the peer answered
 with an error status).
@@ -28,6 +31,7 @@ import aiohttp
 from signedjson.types import SigningKey
 from yarl import URL
 
+from federation.transport.discovery import ResolvedServer, ServerDiscovery
 from federation.transport.wire import sign_request
 
 __all__ = [
@@ -43,6 +47,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_FEDERATION_PORT = 8448
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RESPONSE_SIZE = 50 * 1024 * 1024
+#: Requests in flight to one destination at a time; more wait their turn.
+DEFAULT_MAX_CONCURRENT_PER_DESTINATION = 16
 
 
 class FederationClientError(Exception):
@@ -107,6 +113,8 @@ class FederationClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         destination_overrides: Mapping[str, str] | None = None,
+        discovery: ServerDiscovery | None = None,
+        max_concurrent_per_destination: int = DEFAULT_MAX_CONCURRENT_PER_DESTINATION,
     ) -> None:
         if default_origin not in signing_keys:
             raise ValueError(f"no signing key for default origin {default_origin}")
@@ -117,13 +125,40 @@ class FederationClient:
         self._timeout_s = timeout_s
         self._max_response_size = max_response_size
         self.destination_overrides: MutableMapping[str, str] = dict(destination_overrides or {})
+        #: Server discovery; ``None``: explicit port or 8448 only (no lookups).
+        self.discovery = discovery
+        self._max_per_destination = max_concurrent_per_destination
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
     def set_signing_key(self, origin: str, key: SigningKey) -> None:
         """Sign requests from ``origin`` with ``key`` from now on (rotation, new tenant)."""
         self._signing_keys[origin] = key
 
-    def _base_url(self, destination: str) -> str:
-        return self.destination_overrides.get(destination) or base_url_for(destination)
+    def hosts(self, origin: str) -> bool:
+        """Whether we can sign requests as ``origin``."""
+        return origin in self._signing_keys
+
+    async def _targets(self, destination: str) -> list[tuple[str, str | None, str]]:
+        """``(base URL, certificate name or None, Host header)`` to try in order."""
+        override = self.destination_overrides.get(destination)
+        if override:
+            return [(override, None, destination)]
+        if self.discovery is None:
+            return [(base_url_for(destination), None, destination)]
+        try:
+            servers: list[ResolvedServer] = await self.discovery.resolve(destination)
+        except ValueError as e:
+            raise FederationClientError(destination, str(e), transient=False) from None
+        return [
+            (s.base_url, s.tls_name if s.tls_name != s.host else None, s.host_header)
+            for s in servers
+        ]
+
+    def _slot(self, destination: str) -> asyncio.Semaphore:
+        slot = self._slots.get(destination)
+        if slot is None:
+            slot = self._slots[destination] = asyncio.Semaphore(self._max_per_destination)
+        return slot
 
     async def get_json(
         self,
@@ -198,33 +233,53 @@ class FederationClient:
             signing_key=key,
             content=body,
         )
-        headers = {"Authorization": auth, "Host": destination}
+        headers = {"Authorization": auth}
         data: bytes | None = None
         if body is not None:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        url = URL(self._base_url(destination) + uri, encoded=True)
         timeout = aiohttp.ClientTimeout(total=timeout_s or self._timeout_s)
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=timeout,
-                ssl=self._ssl if self._ssl is not None else True,
-                allow_redirects=False,
-            ) as resp:
-                raw = await self._read_limited(destination, resp)
-                status = resp.status
-        except FederationClientError:
-            raise
-        except TimeoutError:
-            raise FederationClientError(destination, f"{method} {path} timed out") from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
-            raise FederationClientError(
-                destination, f"{method} {path} failed: {type(e).__name__}: {e}"
-            ) from None
+        async with self._slot(destination):
+            targets = await self._targets(destination)
+            for n, (base, tls_name, host_header) in enumerate(targets):
+                url = URL(base + uri, encoded=True)
+                headers["Host"] = host_header
+                try:
+                    async with self._session.request(
+                        method,
+                        url,
+                        data=data,
+                        headers=headers,
+                        timeout=timeout,
+                        ssl=self._ssl if self._ssl is not None else True,
+                        server_hostname=tls_name,
+                        allow_redirects=False,
+                    ) as resp:
+                        raw = await self._read_limited(destination, resp)
+                        status = resp.status
+                    break
+                except FederationClientError:
+                    raise
+                except TimeoutError:
+                    raise FederationClientError(
+                        destination, f"{method} {path} timed out"
+                    ) from None
+                except (aiohttp.ClientConnectionError, OSError) as e:
+                    # Spec "Resolving server names": SRV may give several
+                    # targets; an unreachable one moves on to the next.
+                    if n + 1 < len(targets) and not isinstance(
+                        e, aiohttp.ServerDisconnectedError
+                    ):
+                        logger.info("%s unreachable at %s (%s); trying the next target",
+                                    destination, base, e)
+                        continue
+                    raise FederationClientError(
+                        destination, f"{method} {path} failed: {type(e).__name__}: {e}"
+                    ) from None
+                except (aiohttp.ClientError, asyncio.IncompleteReadError) as e:
+                    raise FederationClientError(
+                        destination, f"{method} {path} failed: {type(e).__name__}: {e}"
+                    ) from None
         parsed: Any
         try:
             parsed = json.loads(raw) if raw else None
