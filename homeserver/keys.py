@@ -39,6 +39,7 @@ from federation.server_keys import (
     verify_key_of,
 )
 from federation.transport.client import FederationClient
+from federation.transport.discovery import ServerDiscovery
 from homeserver.config import HomeserverConfig
 from storage.database import Database
 from storage.stores.keys import KeyStore
@@ -122,6 +123,7 @@ class KeyService:
             default_origin=name,
             ssl_context=ssl_context,
             destination_overrides=destination_overrides,
+            discovery=ServerDiscovery(session, clock, ssl_context=ssl_context),
         )
         store = KeyStore(database)
         fetchers: list[KeyFetcher] = [DirectKeyFetcher(client, clock)]
