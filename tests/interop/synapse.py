@@ -925,3 +925,44 @@ class SynapseClient:
             user=admin,
             body={},
         )
+
+
+# --------------------------------------------------------------------------
+# By hand: `python -m tests.interop.synapse install|run DIR`
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``install`` prints the venv's python (installing if needed); ``run DIR``
+    starts a Synapse configured like the tests' in DIR and keeps it up until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.interop.synapse")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("install", help="install (or find) the cached Synapse venv")
+    run = sub.add_parser("run", help="run a test-configured Synapse until interrupted")
+    run.add_argument("workdir", type=Path)
+    run.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    try:
+        python = ensure_synapse_venv(log=lambda msg: print(msg, file=sys.stderr))
+        if args.command == "install":
+            print(python)
+            return 0
+        server = start_synapse(python, args.workdir.resolve(), log_level=args.log_level)
+    except SynapseError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"Synapse {server.server_name} at {server.base_url}")
+    print(f"config {server.config_path}\nlog    {server.log_path}")
+    print(f"admin registration shared secret: {REGISTRATION_SHARED_SECRET}")
+    try:
+        assert server.process is not None
+        return server.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
