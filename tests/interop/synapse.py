@@ -569,6 +569,22 @@ def _configure(
     )
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the test process dies.
+
+    Teardown normally stops Synapse; this covers a pytest killed outright
+    (CI timeout, SIGKILL), which would otherwise leave a 110 MB orphan.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: teardown is the only stop
+
+
 def _launch(server: SynapseServer, startup_timeout_s: float) -> None:
     with open(server.stderr_path, "wb") as err:
         server.process = subprocess.Popen(
@@ -577,9 +593,7 @@ def _launch(server: SynapseServer, startup_timeout_s: float) -> None:
             stdin=subprocess.DEVNULL,
             stdout=err,
             stderr=subprocess.STDOUT,
-            # Its own process group: a Ctrl-C meant for pytest does not reach it
-            # before teardown does.
-            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     ctx = server.ssl_context()
     url = server.base_url + "/_matrix/client/versions"
