@@ -228,6 +228,15 @@ class FederationConfig:
             }
         ],
     )
+    destination_overrides: Mapping[str, str] = _opt(
+        "TEST SETUPS ONLY: send outbound federation for a server name to a fixed base "
+        "URL (server name → `http(s)://HOST:PORT`) instead of resolving the name. The "
+        "federation test harness (concord_harness) uses it to route each link through "
+        "its fault-injecting proxy. Requests keep the real name in `Host` and in the "
+        "signed `destination`.",
+        default=types.MappingProxyType({}),
+        example={"hs2.test": "http://127.0.0.1:18448"},
+    )
 
 
 @dataclass(frozen=True)
@@ -855,6 +864,14 @@ def _check_semantics(loader: _Loader, cfg: HomeserverConfig) -> HomeserverConfig
                 loader.problem(where, 'key IDs look like "ed25519:<version>"')
             if not isinstance(key, str) or not _B64_RE.match(key):
                 loader.problem(where, "expected an unpadded base64 ed25519 public key")
+
+    for name, url in cfg.federation.destination_overrides.items():
+        where = f"federation.destination_overrides.{name}"
+        if not valid_server_name(str(name)):
+            loader.problem(where, f"expected a server name as the key, got {_shown(name)}")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            loader.problem(where, f"expected an http(s)://HOST:PORT URL, got {_shown(url)}")
 
     tenants = _check_tenants(loader, cfg, data_dir)
 

@@ -122,7 +122,11 @@ class KeyService:
             signing_keys={name: signing_keys[0]},
             default_origin=name,
             ssl_context=ssl_context,
-            destination_overrides=destination_overrides,
+            destination_overrides=(
+                config.federation.destination_overrides
+                if destination_overrides is None
+                else destination_overrides
+            ),
             discovery=ServerDiscovery(session, clock, ssl_context=ssl_context),
         )
         store = KeyStore(database)
