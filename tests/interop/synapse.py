@@ -10,8 +10,10 @@ Three layers, each usable alone:
   for loopback federation (see ``docs/development/interop.md`` for why each
   setting), starts ``synapse.app.homeserver`` and waits until it answers.
   :meth:`SynapseServer.stop` ends it (SIGTERM, then SIGKILL).
-* :class:`SynapseClient` is a thin async Client-Server API client (aiohttp)
-  with the few calls the tests need: register, rooms, messages, sync.
+* :class:`MatrixClient` is a thin async Client-Server API client (aiohttp)
+  with the few calls the tests need: rooms, messages, state, sync; nothing in
+  it is Synapse-specific. :class:`SynapseClient` adds Synapse's admin API
+  (shared-secret registration, federation backoff reset) and its notary view.
 
 Synapse is named ``127.0.0.1:PORT``: an IP literal with an explicit port, so
 peers reach it at exactly that address without DNS, ``.well-known`` or SRV
@@ -59,6 +61,7 @@ __all__ = [
     "SynapseStartError",
     "SynapseUser",
     "ensure_synapse_venv",
+    "MatrixClient",
     "free_port",
     "start_synapse",
     "synapse_venv_dir",
@@ -642,15 +645,16 @@ def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
 
-class SynapseClient:
-    """Just enough of the Client-Server API to drive Synapse from a test.
+class MatrixClient:
+    """Just enough of the Client-Server API to drive a homeserver from a test.
 
-    Every call checks the status it expects and raises
-    :class:`SynapseRequestError` otherwise, carrying Synapse's errcode.
+    Nothing here is Synapse-specific, so the same calls can drive a Concord
+    node's client listener. Every call checks the status it expects and raises
+    :class:`SynapseRequestError` otherwise, carrying the server's errcode.
     """
 
-    def __init__(self, server: SynapseServer, session: aiohttp.ClientSession) -> None:
-        self.server = server
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        self.base_url = base_url.rstrip("/")
         self.session = session
         self._txn = 0
 
@@ -668,7 +672,7 @@ class SynapseClient:
         headers = {"Authorization": f"Bearer {user.access_token}"} if user else {}
         async with self.session.request(
             method,
-            self.server.base_url + path,
+            self.base_url + path,
             json=body,
             params=params,
             headers=headers,
@@ -692,34 +696,6 @@ class SynapseClient:
     async def versions(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "/_matrix/client/versions")
         return result
-
-    async def register(
-        self, localpart: str | None = None, *, admin: bool = False, password: str | None = None
-    ) -> SynapseUser:
-        """Create a user with the shared-secret admin API (HMAC-SHA1 over nonce, name,
-        password and admin flag, as Synapse's ``register_new_matrix_user`` does)."""
-        localpart = localpart or f"user-{secrets.token_hex(4)}"
-        password = password or secrets.token_hex(8)
-        path = "/_synapse/admin/v1/register"
-        nonce = (await self.request("GET", path))["nonce"]
-        flag = "admin" if admin else "notadmin"
-        mac = hmac.new(
-            REGISTRATION_SHARED_SECRET.encode(),
-            b"\x00".join(p.encode() for p in (nonce, localpart, password, flag)),
-            hashlib.sha1,
-        )
-        result = await self.request(
-            "POST",
-            path,
-            body={
-                "nonce": nonce,
-                "username": localpart,
-                "password": password,
-                "admin": admin,
-                "mac": mac.hexdigest(),
-            },
-        )
-        return SynapseUser(result["user_id"], result["access_token"], result["device_id"], password)
 
     async def register_open(self, localpart: str | None = None) -> SynapseUser:
         """Create a user through ``/register`` (open registration, ``m.login.dummy``)."""
@@ -765,7 +741,7 @@ class SynapseClient:
         """Join a room; a bare room ID on another server needs ``via``."""
         params = [("via", s) for s in via or []] + [("server_name", s) for s in via or []]
         async with self.session.post(
-            f"{self.server.base_url}/_matrix/client/v3/join/{_q(room_id_or_alias)}",
+            f"{self.base_url}/_matrix/client/v3/join/{_q(room_id_or_alias)}",
             params=params,
             json={},
             headers={"Authorization": f"Bearer {user.access_token}"},
@@ -909,6 +885,42 @@ class SynapseClient:
             if predicate(resp):
                 return resp
             since = resp["next_batch"]
+
+
+class SynapseClient(MatrixClient):
+    """A :class:`MatrixClient` for the test Synapse, plus its admin API."""
+
+    def __init__(self, server: SynapseServer, session: aiohttp.ClientSession) -> None:
+        super().__init__(server.base_url, session)
+        self.server = server
+
+    async def register(
+        self, localpart: str | None = None, *, admin: bool = False, password: str | None = None
+    ) -> SynapseUser:
+        """Create a user with the shared-secret admin API (HMAC-SHA1 over nonce, name,
+        password and admin flag, as Synapse's ``register_new_matrix_user`` does)."""
+        localpart = localpart or f"user-{secrets.token_hex(4)}"
+        password = password or secrets.token_hex(8)
+        path = "/_synapse/admin/v1/register"
+        nonce = (await self.request("GET", path))["nonce"]
+        flag = "admin" if admin else "notadmin"
+        mac = hmac.new(
+            REGISTRATION_SHARED_SECRET.encode(),
+            b"\x00".join(p.encode() for p in (nonce, localpart, password, flag)),
+            hashlib.sha1,
+        )
+        result = await self.request(
+            "POST",
+            path,
+            body={
+                "nonce": nonce,
+                "username": localpart,
+                "password": password,
+                "admin": admin,
+                "mac": mac.hexdigest(),
+            },
+        )
+        return SynapseUser(result["user_id"], result["access_token"], result["device_id"], password)
 
     # -- federation-facing views
 
