@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import io
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from signedjson.key import generate_signing_key, write_signing_keys
 
 from federation.clock import Clock, RealClock
-from homeserver.config import parse_config
+from homeserver.config import ListenerType, parse_config
+from homeserver.http.x_matrix import authenticated_origin
+from homeserver.rest import REGISTRARS, Registrar
 from homeserver.server import HomeServer, StartupError
 from tests.interop.synapse import free_port, write_self_signed_certificate
 
-__all__ = ["START_ATTEMPTS", "ConcordFactory", "node_config", "start_concord_node"]
+__all__ = [
+    "START_ATTEMPTS",
+    "AuthenticatedRequest",
+    "ConcordFactory",
+    "node_config",
+    "recording_authenticated",
+    "start_concord_node",
+    "with_federation_registrars",
+]
 
 START_ATTEMPTS = 5
 
@@ -64,8 +76,49 @@ def node_config(d: Path, port: int, *, extra: Mapping[str, Any] | None = None) -
     return raw
 
 
+class AuthenticatedRequest(NamedTuple):
+    method: str
+    path: str
+    origin: str
+
+
+def recording_authenticated(records: list[AuthenticatedRequest]) -> Registrar:
+    """A federation registrar noting every request that passed X-Matrix authentication.
+
+    Its middleware goes last, inside the X-Matrix one, so a request reaches it
+    only once its signature has been checked, whether or not a servlet exists
+    for the path.
+    """
+
+    def register(app: web.Application, hs: HomeServer) -> None:
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path.startswith("/_matrix/federation/"):
+                records.append(
+                    AuthenticatedRequest(
+                        request.method, request.path, authenticated_origin(request)
+                    )
+                )
+            return await handler(request)
+
+        app.middlewares.append(record)
+
+    return register
+
+
+def with_federation_registrars(
+    *extra: Registrar,
+) -> Mapping[ListenerType, Sequence[Registrar]]:
+    """The default registrars with ``extra`` appended to the federation listener's."""
+    return {**REGISTRARS, "federation": (*REGISTRARS["federation"], *extra)}
+
+
 async def start_concord_node(
-    d: Path, *, clock: Clock | None = None, extra: Mapping[str, Any] | None = None
+    d: Path,
+    *,
+    clock: Clock | None = None,
+    extra: Mapping[str, Any] | None = None,
+    registrars: Mapping[ListenerType, Sequence[Registrar]] | None = None,
 ) -> HomeServer:
     """Start a node in ``d`` named ``127.0.0.1:PORT``; the caller stops it.
 
@@ -76,7 +129,7 @@ async def start_concord_node(
     for _ in range(START_ATTEMPTS):
         cfg = parse_config(node_config(d, free_port(), extra=extra), base_dir=str(d))
         try:
-            return await HomeServer.start(cfg, clock=clock or RealClock())
+            return await HomeServer.start(cfg, clock=clock or RealClock(), registrars=registrars)
         except StartupError as e:
             if "cannot listen" not in str(e):
                 raise

@@ -21,7 +21,12 @@ from signedjson.sign import verify_signed_json
 
 from federation.transport.client import FederationHttpError
 from homeserver.keys import key_service_for
-from tests.interop.concord import ConcordFactory
+from tests.interop.concord import (
+    AuthenticatedRequest,
+    ConcordFactory,
+    recording_authenticated,
+    with_federation_registrars,
+)
 from tests.interop.synapse import (
     SYNAPSE_VERSION,
     SynapseClient,
@@ -205,6 +210,26 @@ async def test_a_request_signed_with_an_unknown_key_is_refused(
             origin=hs.server_name,
         )
     assert exc.value.status == 401
+
+
+async def test_concord_authenticates_requests_signed_by_synapse(
+    synapse_client: SynapseClient, concord_nodes: ConcordFactory
+) -> None:
+    """Synapse's X-Matrix signature (raw path and query as sent, ``destination`` with
+    the port) passes Concord's middleware, with Synapse's key fetched by our keyring."""
+    records: list[AuthenticatedRequest] = []
+    hs = await concord_nodes(
+        registrars=with_federation_registrars(recording_authenticated(records))
+    )
+    alice = await synapse_client.register()
+    bob = f"@bob:{hs.server_name}"
+    # Synapse asks the node over federation; what the node answers (no profile
+    # servlet yet) does not matter here, only that the request got through.
+    await synapse_client.request(
+        "GET", f"/_matrix/client/v3/profile/{bob}", user=alice, expect=None
+    )
+    synapse = synapse_client.server.server_name
+    assert AuthenticatedRequest("GET", "/_matrix/federation/v1/query/profile", synapse) in records
 
 
 def test_stop_ends_the_process(synapse_python: Path, tmp_path: Path) -> None:
