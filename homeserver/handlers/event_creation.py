@@ -27,6 +27,7 @@ from federation.events import Event
 from federation.hashes import compute_event_id
 from federation.room_versions import RoomVersion, get_room_version
 from federation.signing import add_hashes_and_signatures
+from homeserver.federation_sender.outbox import OutboxWriter
 from homeserver.handlers.room_state import state_after_events_txn, update_current_state_txn
 from storage.database import Database, Transaction
 from storage.stores.events import EventStore, NewEvent
@@ -45,6 +46,9 @@ class EventCreationHandler:
     """Builds, authorises, signs and persists events of local users.
 
     ``signing_key_for(server_name)`` gives the key a tenant signs with.
+    Every event is queued for the other servers in its room by ``outbox``
+    in the transaction that persists it (attach it to the node's
+    ``FederationSender`` so the queues wake at once).
     """
 
     def __init__(
@@ -53,11 +57,13 @@ class EventCreationHandler:
         events: EventStore,
         clock: Clock,
         signing_key_for: Callable[[str], SigningKey],
+        outbox: OutboxWriter | None = None,
     ) -> None:
         self._db = db
         self._events = events
         self._clock = clock
         self._signing_key_for = signing_key_for
+        self.outbox = outbox or OutboxWriter(db, events, clock)
 
     async def create_event(
         self,
@@ -141,6 +147,7 @@ class EventCreationHandler:
         check_auth(event, auth)
         await events.persist_event_txn(txn, tenant, NewEvent(event, state_before=state_before))
         await update_current_state_txn(txn, events, tenant, room_id, rv)
+        await self.outbox.write_event_txn(txn, tenant, event)
         return event
 
     async def create_room(

@@ -1,0 +1,303 @@
+"""One queue per (origin, destination): transactions out, in order, with retries.
+
+Spec: ``server-server-api.md`` "Transactions" (``PUT
+/_matrix/federation/v1/send/{txnId}``; at most 50 PDUs and 100 EDUs; the
+same ``txnId`` when retrying the same transaction) and "PDUs"/"EDUs".
+
+A queue has a task only while it has work: woken by a write to the outbox
+(or :meth:`FederationSender.send_edu`), it sends transactions one at a time
+until the outbox is empty, then its task ends, so idle tenants and
+destinations cost nothing. After a failure it records the destination's
+backoff (persisted, shared by every origin of the database) and sleeps on
+the :class:`~federation.clock.Clock` until the retry time, unless
+:meth:`FederationSender.on_peer_seen` wakes it first. A sweep at start-up,
+then every ``sweep_interval_s``, wakes queues whose rows were written by an
+earlier run (or by a writer not attached to this sender).
+
+Log lines start ``TX [destination]`` (Synapse's prefix) so one peer's
+history is one grep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+from urllib.parse import quote
+
+from federation.clock import Clock
+from federation.transport.client import (
+    FederationClient,
+    FederationClientError,
+    FederationHttpError,
+)
+from homeserver.federation_sender.backoff import BackoffPolicy
+from homeserver.federation_sender.outbox import OutboxWriter
+from storage.database import Database
+from storage.errors import StorageError
+from storage.stores.outbox import OutboundTransaction, OutboxStore, QueuedEdu
+
+__all__ = ["FederationSender"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SWEEP_INTERVAL_S = 60.0
+
+
+class _Queue:
+    def __init__(self, sender: FederationSender, store: OutboxStore, origin: str,
+                 destination: str) -> None:
+        self.sender = sender
+        self.store = store
+        self.origin = origin
+        self.destination = destination
+        self.task: asyncio.Task[None] | None = None
+        self.woken = False
+        #: Set while sleeping out a backoff; resolving it ends the sleep early.
+        self.backoff_wake: asyncio.Future[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and self.backoff_wake is None
+
+    def wake(self) -> None:
+        self.woken = True
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+            self.sender._changed()
+
+    def end_backoff(self) -> None:
+        if self.backoff_wake is not None and not self.backoff_wake.done():
+            self.backoff_wake.set_result(None)
+
+    async def _run(self) -> None:
+        log_prefix = f"TX [{self.destination}]"
+        try:
+            while not self.sender._stopping:
+                self.woken = False
+                clock = self.sender.clock
+                state = await self.store.get_destination(self.destination)
+                if state is not None and state.next_retry_ts is not None:
+                    wait_ms = state.next_retry_ts - clock.time_ms()
+                    if wait_ms > 0:
+                        await self._sleep(wait_ms / 1000)
+                        continue
+                txn = await self.store.next_transaction(
+                    self.origin, self.destination, clock.time_ms()
+                )
+                if txn is None:
+                    if self.woken:
+                        continue
+                    return
+                await self._send(txn, log_prefix)
+        except asyncio.CancelledError:
+            raise
+        except StorageError as e:
+            # The database is gone (shutting down) or failing: the rows stay
+            # and the next wake or sweep picks them up.
+            logger.warning("%s queue of %s stopped: %s", log_prefix, self.origin, e)
+        except Exception:
+            logger.exception("%s queue of %s failed", log_prefix, self.origin)
+        finally:
+            self.task = None
+            self.backoff_wake = None
+            self.sender._changed()
+
+    async def _sleep(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.backoff_wake = loop.create_future()
+        self.sender._changed()
+        sleeper = asyncio.ensure_future(self.sender.clock.sleep(seconds))
+        try:
+            await asyncio.wait({sleeper, self.backoff_wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            self.backoff_wake = None
+            self.sender._changed()
+
+    async def _send(self, txn: OutboundTransaction, log_prefix: str) -> None:
+        sender = self.sender
+        if txn.missing_event_ids:
+            logger.warning("%s %s: events no longer stored, not sent: %s", log_prefix,
+                           txn.txn_id, ", ".join(txn.missing_event_ids))
+        logger.debug("%s sending %s (%d PDUs, %d EDUs, attempt %d) from %s", log_prefix,
+                     txn.txn_id, len(txn.pdus), len(txn.edus), txn.attempts + 1, self.origin)
+        try:
+            response = await sender.client.put_json(
+                self.destination,
+                f"/_matrix/federation/v1/send/{quote(txn.txn_id, safe='')}",
+                txn.body,
+                origin=self.origin,
+            )
+        except FederationClientError as e:
+            now = sender.clock.time_ms()
+            retry_after = None
+            if isinstance(e, FederationHttpError) and isinstance(e.body, dict):
+                ra = e.body.get("retry_after_ms")
+                retry_after = ra if isinstance(ra, int) and ra > 0 else None
+            state = await self.store.get_destination(self.destination)
+            previous = state.retry_interval_ms if state is not None else 0
+            interval = sender.policy.next_interval_ms(previous, sender.rng, retry_after)
+            await self.store.record_attempt_failure(
+                self.origin, self.destination, txn.txn_id, now, e.reason
+            )
+            await self.store.record_failure(self.destination, now, interval, e.reason)
+            logger.warning("%s %s failed (%s); retrying in %.1f s", log_prefix, txn.txn_id,
+                           e.reason, interval / 1000)
+            return
+        _log_pdu_errors(log_prefix, txn.txn_id, response)
+        await self.store.complete_transaction(self.origin, self.destination, txn.txn_id)
+        state = await self.store.get_destination(self.destination)
+        if state is None or state.failure_count or state.next_retry_ts is not None:
+            await self.store.record_success(self.destination, sender.clock.time_ms())
+        sender.sent_transactions += 1
+        sender.sent_pdus += len(txn.pdus)
+        logger.debug("%s %s delivered", log_prefix, txn.txn_id)
+
+
+def _log_pdu_errors(log_prefix: str, txn_id: str, response: Any) -> None:
+    """The peer took the transaction; a PDU it refused is its decision (spec:
+    the ``pdus`` map of the response), logged, not retried."""
+    pdus = response.get("pdus") if isinstance(response, dict) else None
+    if not isinstance(pdus, dict):
+        return
+    for event_id, result in pdus.items():
+        if isinstance(result, dict) and "error" in result:
+            logger.info("%s %s: peer refused %s: %s", log_prefix, txn_id, event_id,
+                        result["error"])
+
+
+class FederationSender:
+    """The node's outbound federation queues.
+
+    ``database_for(origin)`` gives the database a tenant's outbox lives in
+    (its events' database). Attach every :class:`OutboxWriter` with
+    :meth:`attach` so writes wake queues at once; :meth:`start` begins the
+    sweep, :meth:`stop` ends every task.
+    """
+
+    def __init__(
+        self,
+        client: FederationClient,
+        clock: Clock,
+        database_for: Callable[[str], Database],
+        *,
+        policy: BackoffPolicy | None = None,
+        rng: random.Random | None = None,
+        sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.policy = policy or BackoffPolicy()
+        self.rng = rng or random.Random()
+        self._database_for = database_for
+        self._sweep_interval_s = sweep_interval_s
+        self._stores: dict[int, OutboxStore] = {}
+        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._change = asyncio.Event()
+        self.sent_transactions = 0
+        self.sent_pdus = 0
+
+    def _store(self, db: Database) -> OutboxStore:
+        store = self._stores.get(id(db))
+        if store is None:
+            store = self._stores[id(db)] = OutboxStore(db)
+        return store
+
+    def attach(self, writer: OutboxWriter) -> None:
+        """Wake queues when ``writer`` queues events; sweep its database."""
+        self._store(writer.store.database)
+        writer.on_enqueued = self._on_enqueued
+
+    def _on_enqueued(self, db: Database, origin: str, destinations: Collection[str]) -> None:
+        store = self._store(db)
+        for d in destinations:
+            self._queue(store, origin, d).wake()
+
+    def _queue(self, store: OutboxStore, origin: str, destination: str) -> _Queue:
+        q = self._queues.get((origin, destination))
+        if q is None or q.store is not store:
+            q = self._queues[(origin, destination)] = _Queue(self, store, origin, destination)
+        return q
+
+    def wake(self, origin: str, destinations: Iterable[str]) -> None:
+        """Look at these queues' outbox now (no-op for empty ones)."""
+        if self._stopping:
+            return
+        store = self._store(self._database_for(origin))
+        for d in destinations:
+            self._queue(store, origin, d).wake()
+
+    async def send_edu(
+        self, origin: str, destinations: Iterable[str], edu_type: str, content: dict[str, Any]
+    ) -> None:
+        """Queue an EDU (``m.typing``, ``m.receipt``...) from ``origin`` to each
+        destination (ours and ``origin`` itself are skipped) and wake their queues."""
+        dests = sorted({d for d in destinations if d and d != origin})
+        if not dests:
+            return
+        store = self._store(self._database_for(origin))
+        async with store.database.transaction("federation_send_edu") as txn:
+            await store.enqueue_edus_txn(
+                txn, origin, [QueuedEdu(d, edu_type, content) for d in dests],
+                self.clock.time_ms(),
+            )
+        self.wake(origin, dests)
+
+    async def on_peer_seen(self, destination: str) -> None:
+        """``destination`` just reached us: it is up, so retry it now."""
+        backing_off = [q for q in self._queues.values()
+                       if q.destination == destination and q.backoff_wake is not None]
+        for store in list(self._stores.values()):
+            await store.reset_backoff([destination])
+        for q in backing_off:
+            q.end_backoff()
+
+    async def start(self) -> None:
+        """Wake every queue left with rows, then keep sweeping."""
+        if self._sweeper is None:
+            await self.sweep()
+            self._sweeper = asyncio.ensure_future(self._sweep_loop())
+
+    async def sweep(self) -> None:
+        for store in list(self._stores.values()):
+            for origin, destination in await store.pending_queues():
+                q = self._queue(store, origin, destination)
+                if q.task is None:
+                    q.wake()
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            await self.clock.sleep(self._sweep_interval_s)
+            try:
+                await self.sweep()
+            except StorageError as e:
+                logger.warning("Outbox sweep failed: %s", e)
+
+    async def stop(self) -> None:
+        """End every task (their rows stay queued for the next start)."""
+        self._stopping = True
+        tasks = [q.task for q in self._queues.values() if q.task is not None]
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def running_queues(self) -> int:
+        """Queues with a task (busy or backing off): idle ones have none."""
+        return sum(1 for q in self._queues.values() if q.task is not None)
+
+    def _changed(self) -> None:
+        self._change.set()
+
+    async def wait_until_idle(self) -> None:
+        """Until every queue is empty or backing off (for tests and shutdown)."""
+        while any(q.busy for q in self._queues.values()):
+            self._change.clear()
+            await self._change.wait()
