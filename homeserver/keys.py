@@ -150,15 +150,38 @@ class KeyService:
         await asyncio.shield(self._ready)
 
     async def _start(self) -> None:
+        for name in list(self._hosted):
+            await self._sync_local(name)
+
+    async def _sync_local(self, name: str) -> None:
+        keys = self._hosted[name]
         now = self._clock.time_ms()
-        for name, keys in self._hosted.items():
-            current = {key_id_of(k): verify_key_of(k) for k in keys}
-            self._old[name] = await self.store.sync_local_keys(
-                name, current, self._configured_old.get(name, []), now
-            )
-            self.keyring.set_local_keys(name, local_fetched_keys(name, keys, self._old[name]))
-            for ok in self._old[name]:
-                logger.info("Publishing retired key %s of %s as old", ok.key_id, name)
+        current = {key_id_of(k): verify_key_of(k) for k in keys}
+        self._old[name] = await self.store.sync_local_keys(
+            name, current, self._configured_old.get(name, []), now
+        )
+        self.keyring.set_local_keys(name, local_fetched_keys(name, keys, self._old[name]))
+        for ok in self._old[name]:
+            logger.info("Publishing retired key %s of %s as old", ok.key_id, name)
+
+    async def add_hosted(self, server_name: str, keys: Sequence[SigningKey]) -> None:
+        """Host another server name (a tenant): publish its keys, sign as it.
+
+        Before :meth:`start` this only records it (start syncs every name).
+        """
+        self._hosted[server_name] = list(keys)
+        self._old.setdefault(server_name, [])
+        self._responses.pop(server_name, None)
+        self.client.set_signing_key(server_name, keys[0])
+        if self._ready is not None:
+            await self.start()
+            await self._sync_local(server_name)
+
+    def remove_hosted(self, server_name: str) -> None:
+        """Stop publishing keys for a server name no longer hosted here."""
+        self._hosted.pop(server_name, None)
+        self._old.pop(server_name, None)
+        self._responses.pop(server_name, None)
 
     @property
     def server_names(self) -> list[str]:

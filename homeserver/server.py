@@ -25,6 +25,7 @@ from aiohttp import web
 
 from federation.clock import Clock, RealClock
 from homeserver import __version__
+from homeserver.auth import Auth
 from homeserver.config import HomeserverConfig, ListenerType
 from homeserver.http.listeners import (
     BoundAddress,
@@ -37,6 +38,7 @@ from homeserver.keys import KeyService
 from homeserver.metrics import Metrics
 from homeserver.rest import REGISTRARS, Registrar
 from homeserver.signing_key import SigningKeyError, key_id_of, read_signing_key_file
+from homeserver.tenants import TenantError, TenantRegistry
 from storage.database import Database
 from storage.errors import StorageError
 from storage.migrations import apply_migrations
@@ -84,6 +86,10 @@ class HomeServer:
         self.metrics = metrics
         #: Our keys per hosted name, the keyring and the signed federation client.
         self.keys: KeyService | None = None
+        #: Every hosted server name and the resolver to its database (set by start).
+        self.tenants: TenantRegistry = None  # type: ignore[assignment]
+        #: Access tokens to Requesters, against the request's tenant.
+        self.auth = Auth()
         self.listeners: list[RunningListener] = []
         self._stopped = False
 
@@ -177,7 +183,18 @@ class HomeServer:
                 session=http_client,
                 signing_keys=signing_keys,
             )
+            try:
+                hs.tenants = await TenantRegistry.load(
+                    config=config,
+                    database=database,
+                    clock=clock,
+                    primary_signing_keys=signing_keys,
+                )
+                await _host_tenants(hs.tenants, hs.keys)
+            except TenantError as e:
+                raise StartupError(str(e)) from None
             await hs.keys.start()
+            hs.tenants.start_refreshing()
             await hs._start_listeners(REGISTRARS if registrars is None else registrars)
         except BaseException:
             if hs is not None:
@@ -227,9 +244,27 @@ class HomeServer:
         await asyncio.gather(*(li.runner.cleanup() for li in self.listeners))
         if self.keys is not None:
             await self.keys.close()
+        if self.tenants is not None:
+            await self.tenants.close()
         await self.http_client.close()
         await self.database.close()
         logger.info("Stopped %s", self.server_name)
+
+
+async def _host_tenants(tenants: TenantRegistry, keys: KeyService) -> None:
+    """Publish every tenant's keys now, and follow tenants created or removed later."""
+    for tenant in tenants.all():
+        if not tenant.is_primary:
+            await keys.add_hosted(tenant.server_name, tenant.signing_keys())
+
+    async def added(tenant: Any) -> None:
+        await keys.add_hosted(tenant.server_name, tenant.signing_keys())
+
+    async def removed(tenant: Any) -> None:
+        keys.remove_hosted(tenant.server_name)
+
+    tenants.on_added(added)
+    tenants.on_removed(removed)
 
 
 def _bind_hs(fn: Registrar, hs: HomeServer) -> Any:

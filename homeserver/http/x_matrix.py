@@ -151,10 +151,13 @@ def register(app: web.Application, hs: HomeServer) -> None:
     from homeserver.keys import key_service_for
 
     keys = key_service_for(hs)
+    # The tenant registry knows every hosted name, including tenants created
+    # at run time; a node built without one (tests) falls back to the keys.
+    tenants = getattr(hs, "tenants", None)
     app.middlewares.append(
         x_matrix_middleware(
             keyring=keys.keyring,
-            hosts=keys.hosts,
+            hosts=keys.hosts if tenants is None else tenants.hosts,
             default_destination=hs.server_name,
             clock=hs.clock,
             ready=keys.start,

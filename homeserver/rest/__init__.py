@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from homeserver.http import x_matrix
-from homeserver.rest import federation_version, health, keys
+from homeserver.http import tenant_routing, x_matrix
+from homeserver.rest import federation, federation_version, health, keys
 from homeserver.rest.client import versions
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = ["REGISTRARS", "Registrar"]
 Registrar = Callable[[web.Application, "HomeServer"], None]
 
 CLIENT: tuple[Registrar, ...] = (
+    tenant_routing.register_client,
     health.register,
     versions.register,
 )
@@ -41,8 +42,10 @@ CLIENT: tuple[Registrar, ...] = (
 FEDERATION: tuple[Registrar, ...] = (
     health.register,
     x_matrix.register,
+    tenant_routing.register_federation,
     keys.register,
     federation_version.register,
+    federation.register,
 )
 
 METRICS: tuple[Registrar, ...] = ()
