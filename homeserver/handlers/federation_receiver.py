@@ -1,0 +1,261 @@
+"""Receiving transactions: ``PUT /_matrix/federation/v1/send/{txnId}``.
+
+Spec: ``server-server-api.md`` "Transactions" (at most 50 PDUs and 100
+EDUs; the response lists a result per PDU, and "the server is to use this
+response even in the event of one or more PDUs failing to be processed"),
+"Checks performed on receipt of a PDU" (steps 1-6), "EDUs".
+
+Every PDU of a transaction is processed before the response is sent, so a
+200 means each one is durably stored (accepted, soft failed or rejected) or
+was refused with an error in the response. Transactions from one origin to
+one tenant are handled one at a time, and the response to each is recorded,
+so a retried ``txnId`` gets the recorded response and changes nothing.
+Duplicate PDUs (in one transaction or across transactions) are no-ops in
+the event store.
+
+Per PDU: the room version comes from our copy of the room (a PDU for a room
+this tenant does not know is refused), then the keyring checks format,
+signatures and content hash (fetching the signers' keys), then
+:class:`~homeserver.handlers.missing_events.MissingEventsFetcher` runs
+receipt checks 4-6, fetching missing prev and auth events from the origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from federation.clock import Clock
+from federation.errors import Codes, MatrixError
+from federation.events import Event
+from federation.hashes import compute_event_id
+from federation.keyring import Keyring
+from federation.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, get_room_version
+from homeserver.handlers.event_receipt import Outcome
+from homeserver.handlers.missing_events import MissingEventsFetcher
+from storage.stores.events import EventStore
+from storage.stores.federation_inbound import FederationInboundStore
+
+__all__ = ["EduHandler", "TransactionHandler", "MAX_PDUS", "MAX_EDUS"]
+
+logger = logging.getLogger(__name__)
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+
+#: ``handler(tenant, origin, content)``: one EDU of a type, already checked
+#: to be an object. Raise nothing for bad content: log and drop it.
+EduHandler = Callable[[str, str, Mapping[str, Any]], Awaitable[None]]
+
+# EDUs a peer may send that need no work from us yet (spec: presence and
+# device lists may be ignored).
+_IGNORED_EDUS = frozenset({
+    "m.presence", "m.device_list_update", "m.signing_key_update",
+    "org.matrix.signing_key_update", "m.direct_to_device",
+})
+
+
+def _user_of(origin: str, user_id: object) -> bool:
+    return isinstance(user_id, str) and user_id.split(":", 1)[-1] == origin
+
+
+class TransactionHandler:
+    def __init__(
+        self,
+        events: EventStore,
+        store: FederationInboundStore,
+        keyring: Keyring,
+        fetcher: MissingEventsFetcher,
+        clock: Clock,
+    ) -> None:
+        self._events = events
+        self._store = store
+        self._keyring = keyring
+        self._fetcher = fetcher
+        self._clock = clock
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._edu_handlers: dict[str, EduHandler] = {
+            "m.typing": self._on_typing,
+            "m.receipt": self._on_receipt,
+        }
+        #: The latest typing state per (tenant, room_id, user_id): until the
+        #: client API takes typing EDUs (``register_edu_handler``), kept here.
+        self.typing: dict[tuple[str, str, str], bool] = {}
+        #: Receipts seen per (tenant, room_id, receipt_type, user_id) -> event IDs.
+        self.receipts: dict[tuple[str, str, str, str], list[str]] = {}
+        #: Called with ``(tenant, [event])`` for each PDU accepted (wakes /sync).
+        self.on_events: list[Callable[[str, list[Event]], None]] = []
+        #: Called after each transaction from ``origin`` with ``(tenant, origin)``:
+        #: an inbound request shows the peer is up (the outbound queue may retry).
+        self.on_origin_seen: list[Callable[[str, str], Awaitable[None]]] = []
+
+    def register_edu_handler(self, edu_type: str, handler: EduHandler) -> None:
+        """Route EDUs of ``edu_type`` to ``handler`` (the client API's typing, receipts)."""
+        self._edu_handlers[edu_type] = handler
+
+    async def on_send(
+        self, tenant: str, origin: str, txn_id: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Handle one transaction; the ``{"pdus": {...}}`` response."""
+        pdus = body.get("pdus", [])
+        edus = body.get("edus", [])
+        if not isinstance(pdus, list):
+            raise MatrixError(400, Codes.BAD_JSON, "pdus must be an array")
+        if not isinstance(edus, list):
+            raise MatrixError(400, Codes.BAD_JSON, "edus must be an array")
+        if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
+            raise MatrixError(
+                400, Codes.TOO_LARGE,
+                f"a transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs "
+                f"(got {len(pdus)} and {len(edus)})",
+            )
+        sender = body.get("origin")
+        if sender is not None and sender != origin:
+            raise MatrixError(
+                400, Codes.INVALID_PARAM,
+                f"transaction origin {sender!r} is not the authenticated origin {origin}",
+            )
+        lock = self._locks.setdefault((tenant, origin), asyncio.Lock())
+        async with lock:
+            done = await self._store.get_transaction_response(tenant, origin, txn_id)
+            if done is not None:
+                logger.info("RX [%s] txn %s to %s: replayed, answering as before",
+                            origin, txn_id, tenant)
+                return done
+            results = await self._process_pdus(tenant, origin, pdus)
+            for edu in edus:
+                await self._process_edu(tenant, origin, edu)
+            response = {"pdus": results}
+            await self._store.record_transaction_response(
+                tenant, origin, txn_id, response, self._clock.time_ms()
+            )
+        failed = sum(1 for r in results.values() if r)
+        logger.info("RX [%s] txn %s to %s: %d PDUs (%d failed), %d EDUs",
+                    origin, txn_id, tenant, len(pdus), failed, len(edus))
+        for hook in self.on_origin_seen:
+            try:
+                await hook(tenant, origin)
+            except Exception:
+                logger.exception("origin-seen hook failed for %s", origin)
+        return response
+
+    # -- PDUs ------------------------------------------------------------------------
+
+    async def _process_pdus(
+        self, tenant: str, origin: str, pdus: list[Any]
+    ) -> dict[str, dict[str, str]]:
+        results: dict[str, dict[str, str]] = {}
+        prepared: list[tuple[int, int, str, Any, RoomVersion | None, str | None]] = []
+        for n, pdu in enumerate(pdus):
+            if not isinstance(pdu, dict):
+                logger.info("RX [%s] PDU %d is not an object; dropped", origin, n)
+                continue
+            rv, error = await self._room_version_of(tenant, pdu)
+            event_id = _event_id_or_none(pdu, rv)
+            if event_id is None:
+                logger.info("RX [%s] PDU %d has no computable event ID; dropped", origin, n)
+                continue
+            depth = pdu.get("depth")
+            prepared.append((depth if type(depth) is int else 0, n, event_id, pdu, rv, error))
+        # Oldest first, so events of one transaction that build on each other
+        # do not each trigger a fetch of the other.
+        for _, _, event_id, pdu, rv, error in sorted(prepared, key=lambda p: (p[0], p[1])):
+            if error is not None or rv is None:
+                results[event_id] = {"error": error or "unknown room version"}
+                continue
+            results[event_id] = await self._process_pdu(tenant, origin, event_id, pdu, rv)
+        return results
+
+    async def _room_version_of(
+        self, tenant: str, pdu: Mapping[str, Any]
+    ) -> tuple[RoomVersion | None, str | None]:
+        room_id = pdu.get("room_id")
+        if not isinstance(room_id, str):
+            return None, "PDU has no room_id"
+        rv_id = await self._events.state.get_room_version_id(tenant, room_id)
+        if rv_id is None:
+            return None, f"unknown room {room_id}"
+        return get_room_version(rv_id), None
+
+    async def _process_pdu(
+        self, tenant: str, origin: str, event_id: str, pdu: dict[str, Any], rv: RoomVersion
+    ) -> dict[str, str]:
+        try:
+            verified = await self._keyring.verify_pdu(pdu, rv)  # receipt checks 1-3
+            event = verified.event
+            if verified.redacted:
+                logger.info("RX [%s] %s: content hash mismatch; processing it redacted",
+                            origin, event_id)
+            outcome = await self._fetcher.receive_with_fetching(tenant, origin, event)
+        except MatrixError as e:
+            logger.info("RX [%s] %s refused: %s", origin, event_id, e.msg)
+            return {"error": e.msg}
+        if outcome.outcome is Outcome.REJECTED:
+            logger.info("RX [%s] %s rejected: %s", origin, event_id, outcome.reason)
+            return {"error": f"rejected: {outcome.reason}"}
+        if outcome.outcome is Outcome.SOFT_FAILED:
+            logger.info("RX [%s] %s soft failed: %s", origin, event_id, outcome.reason)
+        elif outcome.newly_persisted:
+            for hook in self.on_events:
+                hook(tenant, [event])
+        return {}
+
+    # -- EDUs ------------------------------------------------------------------------
+
+    async def _process_edu(self, tenant: str, origin: str, edu: Any) -> None:
+        if not isinstance(edu, dict):
+            return
+        edu_type = edu.get("edu_type")
+        content = edu.get("content")
+        if not isinstance(edu_type, str) or not isinstance(content, dict):
+            logger.info("RX [%s] malformed EDU dropped", origin)
+            return
+        handler = self._edu_handlers.get(edu_type)
+        if handler is None:
+            if edu_type not in _IGNORED_EDUS:
+                logger.debug("RX [%s] EDU %s ignored", origin, edu_type)
+            return
+        try:
+            await handler(tenant, origin, content)
+        except Exception:
+            # An EDU is best effort: never fail the transaction for one.
+            logger.exception("RX [%s] EDU %s failed", origin, edu_type)
+
+    async def _on_typing(self, tenant: str, origin: str, content: Mapping[str, Any]) -> None:
+        """``m.typing`` (spec "Typing Notifications"): the user must be the origin's."""
+        room_id, user_id, typing = (content.get(k) for k in ("room_id", "user_id", "typing"))
+        if not isinstance(room_id, str) or not _user_of(origin, user_id) or not isinstance(
+            typing, bool
+        ):
+            logger.info("RX [%s] m.typing refused: bad content or foreign user", origin)
+            return
+        assert isinstance(user_id, str)
+        self.typing[(tenant, room_id, user_id)] = typing
+
+    async def _on_receipt(self, tenant: str, origin: str, content: Mapping[str, Any]) -> None:
+        """``m.receipt`` (spec "Receipts"): ``{room_id: {type: {user_id: {event_ids}}}}``."""
+        for room_id, by_type in content.items():
+            if not isinstance(by_type, dict):
+                continue
+            for receipt_type, by_user in by_type.items():
+                if not isinstance(by_user, dict):
+                    continue
+                for user_id, receipt in by_user.items():
+                    ids = receipt.get("event_ids") if isinstance(receipt, dict) else None
+                    if not _user_of(origin, user_id) or not isinstance(ids, list):
+                        continue
+                    self.receipts[(tenant, room_id, receipt_type, user_id)] = [
+                        i for i in ids if isinstance(i, str)
+                    ]
+
+
+def _event_id_or_none(pdu: Mapping[str, Any], rv: RoomVersion | None) -> str | None:
+    """The PDU's event ID under its room's version; for a PDU of an unknown
+    room, under the newest version (only to name it in the response)."""
+    version = rv or DEFAULT_ROOM_VERSION
+    try:
+        return compute_event_id(pdu, version)
+    except Exception:
+        return None

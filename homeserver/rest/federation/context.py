@@ -1,0 +1,165 @@
+"""Builds the inbound federation handlers and finds the tenant of a request.
+
+A node may host several server names (tenants); a request is for the tenant
+named by its X-Matrix ``destination``. Until tenant routing gives each tenant
+its own database, every tenant is served from the node's database; handlers
+are built once per database (the state store's caches are per database).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from federation.events import Event
+from homeserver.handlers.event_receipt import EventReceiptHandler
+from homeserver.handlers.federation_receiver import TransactionHandler
+from homeserver.handlers.federation_server import FederationServer
+from homeserver.handlers.missing_events import MissingEventsFetcher
+from homeserver.handlers.server_visibility import ServerVisibility
+from homeserver.http.x_matrix import authenticated_origin, request_destination
+from homeserver.keys import KeyService, key_service_for
+from storage.database import Database
+from storage.stores.events import EventStore
+from storage.stores.federation_inbound import FederationInboundStore
+from storage.stores.profiles import ProfileStore
+from storage.stores.receipts import ReceiptStore
+from storage.stores.room_aliases import RoomAliasStore
+from storage.stores.room_directory import RoomDirectoryStore
+from storage.stores.state import StateStore
+
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
+__all__ = ["InboundContext", "InboundHandlers"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InboundHandlers:
+    """The inbound federation handlers over one database."""
+
+    db: Database
+    events: EventStore
+    store: FederationInboundStore
+    visibility: ServerVisibility
+    fetcher: MissingEventsFetcher
+    transactions: TransactionHandler
+    server: FederationServer
+
+
+class InboundContext:
+    def __init__(self, hs: HomeServer, keys: KeyService) -> None:
+        self._hs = hs
+        self._keys = keys
+        self._by_db: dict[int, InboundHandlers] = {}
+
+    @classmethod
+    def for_homeserver(cls, hs: HomeServer) -> InboundContext:
+        return cls(hs, key_service_for(hs))
+
+    @staticmethod
+    def origin(request: web.Request) -> str:
+        return authenticated_origin(request)
+
+    @staticmethod
+    def tenant(request: web.Request) -> str:
+        """The hosted server name the request was addressed to (X-Matrix destination)."""
+        return request_destination(request)
+
+    def _database_for(self, tenant: str) -> Database:
+        return self._hs.database
+
+    def handlers(self, tenant: str) -> InboundHandlers:
+        db = self._database_for(tenant)
+        found = self._by_db.get(id(db))
+        if found is None:
+            found = self._build(db)
+            self._by_db[id(db)] = found
+        return found
+
+    def _event_store(self, db: Database) -> EventStore:
+        # Share the node's event store (and its state caches) when it has one.
+        shared = getattr(self._hs, "event_store", None)
+        if isinstance(shared, EventStore) and db is self._hs.database:
+            return shared
+        return EventStore(db, StateStore(db))
+
+    def _build(self, db: Database) -> InboundHandlers:
+        hs, keys = self._hs, self._keys
+        events = self._event_store(db)
+        store = FederationInboundStore(db)
+        receipt = EventReceiptHandler(db, events)
+        visibility = ServerVisibility(events)
+        fetcher = MissingEventsFetcher(db, events, receipt, keys.keyring, keys.client)
+        transactions = TransactionHandler(events, store, keys.keyring, fetcher, hs.clock)
+        server = FederationServer(
+            db=db, events=events, receipt=receipt, visibility=visibility,
+            keyring=keys.keyring, store=store, clock=hs.clock,
+            signing_key_for=lambda name: keys.signing_keys(name)[0],
+            aliases=RoomAliasStore(db), profiles=ProfileStore(db),
+            published=RoomDirectoryStore(db),
+        )
+        handlers = InboundHandlers(db, events, store, visibility, fetcher, transactions, server)
+        self._wire(handlers)
+        return handlers
+
+    def _wire(self, h: InboundHandlers) -> None:
+        """Connect to the parts of the node that exist: /sync wake-ups, typing, receipts."""
+        notifier: Any = getattr(self._hs, "notifier", None)
+        receipts = ReceiptStore(h.db)
+
+        async def on_receipt(tenant: str, origin: str, content: Any) -> None:
+            # Spec "Receipts": {room_id: {receipt_type: {user_id: {event_ids, data}}}}.
+            rooms: list[str] = []
+            for room_id, by_type in content.items():
+                for receipt_type, by_user in (by_type or {}).items():
+                    if receipt_type != "m.read" or not isinstance(by_user, dict):
+                        continue
+                    for user_id, receipt in by_user.items():
+                        ids = receipt.get("event_ids") if isinstance(receipt, dict) else None
+                        data = receipt.get("data") if isinstance(receipt, dict) else None
+                        data = data if isinstance(data, dict) else {}
+                        if (not isinstance(user_id, str)
+                                or user_id.split(":", 1)[-1] != origin
+                                or not isinstance(ids, list) or not ids
+                                or not isinstance(ids[0], str)):
+                            continue
+                        ts = data.get("ts")
+                        thread = data.get("thread_id")
+                        await receipts.put_receipt(
+                            tenant, room_id, receipt_type, user_id,
+                            thread if isinstance(thread, str) else "", ids[0],
+                            ts if type(ts) is int else self._hs.clock.time_ms(),
+                        )
+                        rooms.append(room_id)
+            if notifier is not None and rooms:
+                notifier.notify(tenant, room_ids=rooms)
+
+        h.transactions.register_edu_handler("m.receipt", on_receipt)
+        if notifier is not None:
+            def wake(tenant: str, evs: Sequence[Event]) -> None:
+                notifier.on_new_events(tenant, evs)
+
+            async def wake_one(tenant: str, ev: Event) -> None:
+                notifier.on_new_events(tenant, [ev])
+
+            h.transactions.on_events.append(lambda t, evs: wake(t, evs))
+            h.server.on_event_accepted.append(wake_one)
+            h.server.on_invite.append(wake_one)
+        typing: Any = getattr(self._hs, "typing", None)
+        if typing is not None and hasattr(typing, "set_typing"):
+            async def on_typing(tenant: str, origin: str, content: Any) -> None:
+                user_id = content.get("user_id")
+                room_id = content.get("room_id")
+                if (isinstance(user_id, str) and user_id.split(":", 1)[-1] == origin
+                        and isinstance(room_id, str)
+                        and isinstance(content.get("typing"), bool)):
+                    typing.set_typing(tenant, room_id, user_id, content["typing"])
+
+            h.transactions.register_edu_handler("m.typing", on_typing)

@@ -1,0 +1,93 @@
+"""Queries and the published room directory.
+
+``query.yaml`` (``GET /query/directory``, ``GET /query/profile``) and
+``public_rooms.yaml`` (``GET``/``POST /publicRooms``).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from federation.errors import Codes, MatrixError
+from homeserver.http.json import JsonDict, read_json_body
+from homeserver.http.servlet import Servlet
+from homeserver.rest.federation.context import InboundContext
+
+__all__ = ["register_servlets"]
+
+V1 = "/_matrix/federation/v1"
+
+
+class _Base(Servlet):
+    def __init__(self, ctx: InboundContext) -> None:
+        self._ctx = ctx
+
+
+class QueryDirectoryServlet(_Base):
+    PATTERNS = (V1 + "/query/directory",)
+
+    async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
+        tenant = self._ctx.tenant(request)
+        self._ctx.origin(request)
+        server = self._ctx.handlers(tenant).server
+        return 200, await server.query_directory(tenant, request.query.get("room_alias"))
+
+
+class QueryProfileServlet(_Base):
+    PATTERNS = (V1 + "/query/profile",)
+
+    async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
+        tenant = self._ctx.tenant(request)
+        self._ctx.origin(request)
+        server = self._ctx.handlers(tenant).server
+        return 200, await server.query_profile(
+            tenant, request.query.get("user_id"), request.query.get("field")
+        )
+
+
+def _limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise MatrixError(400, Codes.INVALID_PARAM, "limit must be an integer") from None
+    if type(value) is not int or value < 0:
+        raise MatrixError(400, Codes.INVALID_PARAM, "limit must be a non-negative integer")
+    return value
+
+
+class PublicRoomsServlet(_Base):
+    PATTERNS = (V1 + "/publicRooms",)
+
+    async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
+        tenant = self._ctx.tenant(request)
+        self._ctx.origin(request)
+        server = self._ctx.handlers(tenant).server
+        return 200, await server.public_rooms(
+            tenant, limit=_limit(request.query.get("limit")), since=request.query.get("since")
+        )
+
+    async def on_POST(self, request: web.Request) -> tuple[int, JsonDict]:
+        tenant = self._ctx.tenant(request)
+        self._ctx.origin(request)
+        body = await read_json_body(request, allow_empty=True)
+        since = body.get("since")
+        if since is not None and not isinstance(since, str):
+            raise MatrixError(400, Codes.INVALID_PARAM, "since must be a string")
+        flt = body.get("filter") or {}
+        if not isinstance(flt, dict):
+            raise MatrixError(400, Codes.INVALID_PARAM, "filter must be an object")
+        term = flt.get("generic_search_term")
+        if term is not None and not isinstance(term, str):
+            raise MatrixError(400, Codes.INVALID_PARAM, "generic_search_term must be a string")
+        server = self._ctx.handlers(tenant).server
+        return 200, await server.public_rooms(
+            tenant, limit=_limit(body.get("limit")), since=since, search_term=term
+        )
+
+
+def register_servlets(app: web.Application, ctx: InboundContext) -> None:
+    for cls in (QueryDirectoryServlet, QueryProfileServlet, PublicRoomsServlet):
+        cls(ctx).register(app)
