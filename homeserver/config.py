@@ -56,6 +56,7 @@ __all__ = [
 
 ListenerType = Literal["client", "federation", "metrics"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+RoomVersionId = Literal["10", "11", "12"]
 
 
 class ConfigError(Exception):
@@ -469,6 +470,13 @@ class HomeserverConfig:
         minimum=4,
         maximum=31,
         example=12,
+    )
+    default_room_version: RoomVersionId = _opt(
+        "Room version of rooms created without `room_version` in `POST /createRoom` "
+        "(a string: \"10\", \"11\" or \"12\"); also the default `/capabilities` "
+        "reports.",
+        default="12",
+        example="11",
     )
     client_hostnames: tuple[str, ...] = _opt(
         "Other `Host` names the client API of `server_name` answers on, when the "
