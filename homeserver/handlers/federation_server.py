@@ -27,6 +27,7 @@ import signedjson.sign
 from signedjson.types import SigningKey
 
 from federation.auth_rules import AuthError, auth_types_for_event, check_auth
+from federation.auth_rules.selection import create_event_id_for_room
 from federation.clock import Clock
 from federation.errors import Codes, MatrixError
 from federation.event_format import is_valid_user_id
@@ -164,8 +165,21 @@ class FederationServer:
         if before is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"State at {event_id} is not known here")
         state_ids = sorted(before.values())
-        chain = await self._events.get_auth_chain_ids(tenant, state_ids)
-        return state_ids, sorted(chain)
+        return state_ids, await self._auth_chain(tenant, room_id, state_ids)
+
+    async def _auth_chain(
+        self, tenant: str, room_id: str, event_ids: Sequence[str]
+    ) -> list[str]:
+        """The auth chain of ``event_ids``. From v12 on, events do not list the
+        create event but are authorised by it, so it is part of every chain
+        (as Synapse serves it: the corpus's v12 ``state.json``)."""
+        chain = await self._events.get_auth_chain_ids(tenant, event_ids)
+        rv = await self._room_version(tenant, room_id)
+        if rv.room_id_from_create_event:
+            create_id = create_event_id_for_room(room_id)
+            if any(e != create_id for e in [*event_ids, *chain]):
+                chain.add(create_id)
+        return sorted(chain)
 
     async def _load(self, tenant: str, ids: Sequence[str]) -> list[Event]:
         loaded = await self._events.get_events(tenant, ids)
@@ -196,7 +210,7 @@ class FederationServer:
         stored = await self._events.get_event(tenant, event_id)
         if stored is None or stored.event.room_id != room_id:
             raise MatrixError(404, Codes.NOT_FOUND, f"Event {event_id} not found in {room_id}")
-        chain = sorted(await self._events.get_auth_chain_ids(tenant, [event_id]))
+        chain = await self._auth_chain(tenant, room_id, [event_id])
         return {"auth_chain": [dict(e.pdu) for e in await self._load(tenant, chain)]}
 
     async def _walk_back(
@@ -419,13 +433,11 @@ class FederationServer:
         event, _ = await self._accept_membership(tenant, origin, room_id, event_id, pdu, "join")
         before = await self._events.get_state_before(tenant, event.event_id)
         state_ids = sorted((before or {}).values())
-        chain = await self._events.get_auth_chain_ids(
-            tenant, [*state_ids, event.event_id]
-        )
+        chain = await self._auth_chain(tenant, room_id, [*state_ids, event.event_id])
         return {
             "origin": tenant,
             "state": [dict(e.pdu) for e in await self._load(tenant, state_ids)],
-            "auth_chain": [dict(e.pdu) for e in await self._load(tenant, sorted(chain))],
+            "auth_chain": [dict(e.pdu) for e in await self._load(tenant, chain)],
             "event": dict(event.pdu),
             "members_omitted": False,
             "servers_in_room": servers_before,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from federation.canonical_json import parse_json_strict
-from federation.errors import Codes, MatrixError
 from homeserver.http.json import JsonDict, read_json_body
 from homeserver.http.servlet import Servlet
 from homeserver.rest.federation.context import InboundContext
@@ -53,13 +51,6 @@ class MakeLeaveServlet(_Base):
             tenant, origin, request.match_info["room_id"], request.match_info["user_id"],
             "leave", None,
         )
-
-
-async def _event_body(request: web.Request) -> object:
-    raw = await request.read()
-    if not raw.strip():
-        raise MatrixError(400, Codes.NOT_JSON, "Request body is empty; expected the event")
-    return parse_json_strict(raw)
 
 
 class SendJoinServlet(_Base):
