@@ -184,7 +184,8 @@ class EventCreationHandler:
         return room_id
 
     async def create_room_start_txn(
-        self, txn: Transaction, tenant: str, creator: str, rv: RoomVersion
+        self, txn: Transaction, tenant: str, creator: str, rv: RoomVersion,
+        *, extra_content: Mapping[str, Any] | None = None,
     ) -> str:
         """Persist the ``m.room.create`` event of a new room; returns its room ID.
 
@@ -195,7 +196,9 @@ class EventCreationHandler:
         if not creator.endswith(":" + tenant):
             raise MatrixError(400, Codes.INVALID_PARAM, f"{creator} is not a user of {tenant}")
         await txn.lock(f"event_graph:{tenant}")
-        content: dict[str, Any] = {"room_version": rv.identifier}
+        # createRoom's creation_content; the server's own keys win over it.
+        content: dict[str, Any] = dict(extra_content or {})
+        content["room_version"] = rv.identifier
         if not rv.implicit_room_creator:
             content["creator"] = creator
         pdu: dict[str, Any] = {

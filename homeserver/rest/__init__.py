@@ -23,7 +23,8 @@ from aiohttp import web
 
 from homeserver.http import tenant_routing, x_matrix
 from homeserver.rest import federation, federation_version, health, keys
-from homeserver.rest.client import versions
+from homeserver.rest.client import capabilities, profile, rooms, sync, versions
+from homeserver.rest.client import directory as client_directory
 
 if TYPE_CHECKING:
     from homeserver.config import ListenerType
@@ -37,6 +38,11 @@ CLIENT: tuple[Registrar, ...] = (
     tenant_routing.register_client,
     health.register,
     versions.register,
+    rooms.register,
+    sync.register,
+    client_directory.register,
+    profile.register,
+    capabilities.register,
 )
 
 FEDERATION: tuple[Registrar, ...] = (
