@@ -38,9 +38,11 @@ import random
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from federation.clock import Clock, RealClock
 
@@ -162,9 +164,11 @@ class FaultProxy:
         )
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.1
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, shutdown_timeout=0.1)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only through it
         assert isinstance(server, asyncio.base_events.Server)
@@ -293,7 +297,9 @@ class FaultProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         async with self._session.request(
             request.method,
-            self.upstream + request.raw_path,
+            # encoded=True: the path and query go out byte for byte as
+            # signed in X-Matrix (yarl would otherwise re-normalise them).
+            URL(self.upstream + request.raw_path, encoded=True),
             headers=headers,
             data=body if body else None,
             allow_redirects=False,
@@ -316,11 +322,22 @@ class FaultProxy:
         self._release_held()
 
     def _release_held(self) -> None:
+        # The timer belongs to the batch being released; the next batch starts its own.
+        timer, self._hold_task = self._hold_task, None
+        if timer is not None and not timer.done() and timer is not _current_task():
+            timer.cancel()
         held, self._held = self._held, []
         self._rng.shuffle(held)
         for fut in held:
             if not fut.done():
                 fut.set_result(None)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # called outside the event loop (heal() from sync code)
+        return None
 
 
 def describe(stats: LinkStats) -> str:
