@@ -27,6 +27,7 @@ from federation.clock import Clock, RealClock
 from homeserver import __version__
 from homeserver.auth import Auth
 from homeserver.config import HomeserverConfig, ListenerType
+from homeserver.handlers.accounts import AccountHandler
 from homeserver.http.listeners import (
     BoundAddress,
     ListenerError,
@@ -36,6 +37,9 @@ from homeserver.http.listeners import (
 )
 from homeserver.keys import KeyService
 from homeserver.metrics import Metrics
+from homeserver.passwords import PasswordHasher
+from homeserver.quotas import QuotaEnforcer
+from homeserver.ratelimit import Ratelimiter
 from homeserver.rest import REGISTRARS, Registrar
 from homeserver.signing_key import SigningKeyError, key_id_of, read_signing_key_file
 from homeserver.tenants import TenantError, TenantRegistry
@@ -90,6 +94,25 @@ class HomeServer:
         self.tenants: TenantRegistry = None  # type: ignore[assignment]
         #: Access tokens to Requesters, against the request's tenant.
         self.auth = Auth()
+        #: Per-tenant quota checks (homeserver/quotas.py says who calls what).
+        self.quotas = QuotaEnforcer(clock)
+        rc = config.ratelimiting
+        #: Registration, login and sessions of every tenant's users.
+        self.accounts = AccountHandler(
+            clock=clock,
+            hasher=PasswordHasher(config.password_hash_rounds),
+            quotas=self.quotas,
+            login_per_address=Ratelimiter(
+                clock,
+                per_second=rc.login_per_address_per_second,
+                burst=rc.login_per_address_burst,
+            ),
+            login_per_account=Ratelimiter(
+                clock,
+                per_second=rc.login_per_account_per_second,
+                burst=rc.login_per_account_burst,
+            ),
+        )
         self.listeners: list[RunningListener] = []
         self._stopped = False
 

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from homeserver.http import tenant_routing, x_matrix
-from homeserver.rest import federation, federation_version, health, keys
-from homeserver.rest.client import capabilities, profile, rooms, sync, versions
+from homeserver.rest import admin, federation, federation_version, health, keys
+from homeserver.rest.client import account, capabilities, login, profile, rooms, sync, versions
 from homeserver.rest.client import directory as client_directory
+from homeserver.rest.client import register as client_register
 
 if TYPE_CHECKING:
     from homeserver.config import ListenerType
@@ -38,6 +39,10 @@ CLIENT: tuple[Registrar, ...] = (
     tenant_routing.register_client,
     health.register,
     versions.register,
+    client_register.register,
+    login.register,
+    account.register,
+    admin.register,
     rooms.register,
     sync.register,
     client_directory.register,
