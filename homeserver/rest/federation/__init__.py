@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from homeserver.http.x_matrix import authenticated_origin
 from homeserver.rest.federation import events, membership, queries, transactions
 from homeserver.rest.federation.context import InboundContext
 
@@ -32,3 +34,16 @@ def register(app: web.Application, hs: HomeServer) -> None:
     ctx = InboundContext.for_homeserver(hs)
     for module in (transactions, events, membership, queries):
         module.register_servlets(app, ctx)
+
+    @web.middleware
+    async def peer_seen(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        # Runs inside the X-Matrix middleware: an origin here is authenticated.
+        try:
+            origin = authenticated_origin(request)
+        except RuntimeError:  # /_matrix/key/: not authenticated
+            return response
+        await ctx.peer_seen(origin)
+        return response
+
+    app.middlewares.append(peer_seen)

@@ -39,6 +39,8 @@ __all__ = ["InboundContext", "InboundHandlers"]
 
 logger = logging.getLogger(__name__)
 
+PEER_SEEN_INTERVAL_S = 10.0
+
 
 @dataclass(frozen=True)
 class InboundHandlers:
@@ -58,6 +60,7 @@ class InboundContext:
         self._hs = hs
         self._keys = keys
         self._by_db: dict[int, InboundHandlers] = {}
+        self._seen: dict[str, float] = {}
 
     @classmethod
     def for_homeserver(cls, hs: HomeServer) -> InboundContext:
@@ -82,6 +85,29 @@ class InboundContext:
             found = self._build(db)
             self._by_db[id(db)] = found
         return found
+
+    def _outbox_writer(self) -> Any:
+        for name in ("outbox_writer", "outbox"):
+            writer = getattr(self._hs, name, None)
+            if writer is not None and hasattr(writer, "write_event_txn"):
+                return writer
+        return None
+
+    async def peer_seen(self, origin: str) -> None:
+        """An authenticated request from ``origin`` proves it is up: end the
+        backoff of our queue to it (at most every ``PEER_SEEN_INTERVAL_S``)."""
+        sender: Any = getattr(self._hs, "federation_sender", None)
+        if sender is None or not hasattr(sender, "on_peer_seen"):
+            return
+        now = self._hs.clock.monotonic()
+        last = self._seen.get(origin)
+        if last is not None and now - last < PEER_SEEN_INTERVAL_S:
+            return
+        self._seen[origin] = now
+        try:
+            await sender.on_peer_seen(origin)
+        except Exception:
+            logger.exception("Waking the queue to %s failed", origin)
 
     def _event_store(self, db: Database) -> EventStore:
         # Share the node's event store (and its state caches) when it has one.
@@ -142,6 +168,27 @@ class InboundContext:
                 notifier.notify(tenant, room_ids=rooms)
 
         h.transactions.register_edu_handler("m.receipt", on_receipt)
+        sender: Any = getattr(self._hs, "federation_sender", None)
+        if sender is not None:
+            # Joins/leaves accepted for other servers go on to the rest of the room.
+            from homeserver.federation_sender.node import accepted_event_hook
+
+            h.server.on_event_accepted.append(accepted_event_hook(sender, h.db, h.events))
+
+        async def send_on(tenant: str, ev: Event) -> None:
+            # The resident server sends a join/leave it accepted for another
+            # server to the rest of the room (spec "Joining Rooms").
+            writer = self._outbox_writer()
+            if writer is None:
+                logger.warning("No outbox: %s is not sent on to the room", ev.event_id)
+                return
+            async with h.db.transaction("federation_send_on") as txn:
+                dests = await writer.write_event_txn(txn, tenant, ev)
+            sender: Any = getattr(self._hs, "federation_sender", None)
+            if sender is not None and dests:
+                await sender.wake(tenant, dests)
+
+        h.server.on_event_accepted.append(send_on)
         if notifier is not None:
             def wake(tenant: str, evs: Sequence[Event]) -> None:
                 notifier.on_new_events(tenant, evs)
