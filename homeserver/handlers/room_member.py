@@ -103,14 +103,14 @@ class RoomMemberHandler:
     ) -> None:
         check_room_id(room_id)
         target = check_user_id(target)
+        content: dict[str, Any] = {"membership": "invite"}
+        _reason(content, reason)
         state = await require_joined(ts, room_id, sender)
         membership, _ = await get_membership(ts, room_id, target, state)
         if membership == "join":
             raise MatrixError(403, Codes.FORBIDDEN, f"{target} is already in the room")
         if membership == "ban":
             raise MatrixError(403, Codes.FORBIDDEN, f"{target} is banned from the room")
-        content: dict[str, Any] = {"membership": "invite"}
-        _reason(content, reason)
         if not target.endswith(":" + ts.server_name):
             await self._remote.remote_invite(ts.server_name, sender, room_id, target, content)
             return
@@ -159,6 +159,8 @@ class RoomMemberHandler:
     ) -> None:
         check_room_id(room_id)
         target = check_user_id(target)
+        content: dict[str, Any] = {"membership": membership}
+        _reason(content, reason)
         state = await require_joined(ts, room_id, sender)
         current, _ = await get_membership(ts, room_id, target, state)
         if require is not None and current not in require:
@@ -166,8 +168,6 @@ class RoomMemberHandler:
                               f"{target} is not {' or '.join(require)} in the room")
         if current == membership == "ban":
             return
-        content: dict[str, Any] = {"membership": membership}
-        _reason(content, reason)
         await self._messages.create_event(
             ts, sender, room_id, "m.room.member", content, state_key=target
         )
