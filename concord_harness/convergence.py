@@ -42,6 +42,10 @@ class RoomSnapshot:
     state: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Why the view could not be read (the server is down, the user is not joined...).
     error: str | None = None
+    #: Event IDs in timeline order, oldest first.
+    order: list[str] = field(default_factory=list)
+    #: Event IDs the timeline showed more than once (always a bug).
+    duplicates: list[str] = field(default_factory=list)
 
 
 async def snapshot(server: str, client: Any, room_id: str) -> RoomSnapshot:
@@ -50,6 +54,10 @@ async def snapshot(server: str, client: Any, room_id: str) -> RoomSnapshot:
     snap = RoomSnapshot(server)
     try:
         for ev in await client.all_events(room_id):
+            if ev["event_id"] in snap.events:
+                snap.duplicates.append(ev["event_id"])
+            else:
+                snap.order.append(ev["event_id"])
             snap.events[ev["event_id"]] = ev
         for ev in await client.get_state(room_id):
             snap.state[(ev["type"], ev["state_key"])] = ev["event_id"]
@@ -70,9 +78,33 @@ def _describe(ev: dict[str, Any] | None) -> str:
     return f" ({what} from {ev.get('sender', '?')})"
 
 
-def diff_snapshots(room_id: str, snapshots: Sequence[RoomSnapshot]) -> str | None:
+def _before_horizon(s: RoomSnapshot, others: Sequence[RoomSnapshot]) -> set[str]:
+    """Events older than the first event ``s`` shows, as ordered by servers that
+    show that event too: history from before ``s`` joined, which a server
+    that joined later legitimately lacks (it has the state, not the timeline)."""
+    if not s.order:
+        return set()
+    first = s.order[0]
+    older: set[str] = set()
+    for o in others:
+        if first in o.events:
+            older.update(o.order[: o.order.index(first)])
+    return older
+
+
+def diff_snapshots(
+    room_id: str, snapshots: Sequence[RoomSnapshot], *, history: str = "from_join"
+) -> str | None:
     """``None`` if every snapshot agrees; else a report naming, per server, the
-    events it lacks and has extra, and each state key whose value differs."""
+    events it lacks, each state key whose value differs, and duplicates.
+
+    ``history="from_join"`` (default) compares each server's timeline from the
+    first event it shows onwards (a server that joined later has the room's
+    state but not necessarily its earlier timeline, unless it backfills);
+    ``history="full"`` requires every server to show every event.
+    """
+    if history not in ("from_join", "full"):
+        raise ValueError(f"history must be 'from_join' or 'full', got {history!r}")
     if not snapshots:
         return f"room {room_id}: no server to compare (no harness user is joined anywhere)"
     lines: list[str] = []
@@ -84,7 +116,13 @@ def diff_snapshots(room_id: str, snapshots: Sequence[RoomSnapshot]) -> str | Non
     for s in ok:
         all_events.update(s.events)
     for s in ok:
-        missing = [e for e in all_events if e not in s.events]
+        if s.duplicates:
+            lines.append(
+                f"  {s.server} shows {len(s.duplicates)} event(s) twice: "
+                + ", ".join(s.duplicates[:MAX_LISTED])
+            )
+        skip = _before_horizon(s, ok) if history == "from_join" else set()
+        missing = [e for e in all_events if e not in s.events and e not in skip]
         if missing:
             listed = ", ".join(f"{e}{_describe(all_events[e])}" for e in missing[:MAX_LISTED])
             more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""

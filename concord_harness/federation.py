@@ -309,10 +309,12 @@ class Federation:
         *,
         timeout: float = 30.0,  # noqa: ASYNC109 - a polling budget, part of the API
         servers: Iterable[Server] | None = None,
+        history: str = "from_join",
     ) -> list[RoomSnapshot]:
         """Wait until every server shows the same events and current state for
         ``room_id``; raise :class:`ConvergenceError` (an AssertionError) with a
-        diff if they still differ after ``timeout`` seconds.
+        diff if they still differ after ``timeout`` seconds. ``history``: see
+        :func:`~concord_harness.convergence.diff_snapshots`.
 
         Servers compared: ``servers``, or every server where a harness user can
         read the room (at least two must be found then, or it is an error).
@@ -321,7 +323,7 @@ class Federation:
         deadline = self._clock.monotonic() + timeout
         while True:
             snaps = await self.snapshots(room_id, chosen)
-            diff = diff_snapshots(room_id, snaps)
+            diff = diff_snapshots(room_id, snaps, history=history)
             if diff is None and chosen is None and len(snaps) < 2 and len(self.nodes) > 1:
                 diff = (
                     f"room {room_id}: only {[s.server for s in snaps]} can read it; "

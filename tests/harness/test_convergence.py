@@ -80,3 +80,17 @@ async def test_converged_fails_with_the_diff_after_its_deadline() -> None:
         a, b = fed.nodes
         with pytest.raises(ConvergenceError, match="no harness user on this server"):
             await fed.converged("!nowhere:hs1", timeout=0.1, servers=[a, b])
+
+
+def test_a_server_that_joined_later_is_compared_from_its_first_event() -> None:
+    early = [ev("$1", "m.room.create", state_key=""), ev("$2")]
+    late = [ev("$3", "m.room.member", state_key="@b:hs2"), ev("$4")]
+    a = snap("hs1", early + late, {})
+    a.order = ["$1", "$2", "$3", "$4"]
+    b = snap("hs2", late, {})
+    b.order = ["$3", "$4"]
+    assert diff_snapshots(ROOM, [a, b]) is None
+    full = diff_snapshots(ROOM, [a, b], history="full")
+    assert full is not None and "hs2 has 2/4 events; lacks 2: $1" in full
+    b.duplicates = ["$4"]
+    assert "hs2 shows 1 event(s) twice: $4" in (diff_snapshots(ROOM, [a, b]) or "")
