@@ -28,6 +28,7 @@ from homeserver import __version__
 from homeserver.auth import Auth
 from homeserver.config import HomeserverConfig, ListenerType
 from homeserver.handlers.accounts import AccountHandler
+from homeserver.federation_sender.node import start_federation_outbound
 from homeserver.http.listeners import (
     BoundAddress,
     ListenerError,
@@ -218,6 +219,8 @@ class HomeServer:
                 raise StartupError(str(e)) from None
             await hs.keys.start()
             hs.tenants.start_refreshing()
+            # Outbound federation: hs.federation_sender and hs.remote_rooms.
+            await start_federation_outbound(hs)
             await hs._start_listeners(REGISTRARS if registrars is None else registrars)
         except BaseException:
             if hs is not None:
@@ -265,6 +268,9 @@ class HomeServer:
         # All listeners stop accepting and drain together, so the bound on the
         # wait is shutdown_timeout, not one per listener.
         await asyncio.gather(*(li.runner.cleanup() for li in self.listeners))
+        sender = getattr(self, "federation_sender", None)
+        if sender is not None:
+            await sender.stop()
         if self.keys is not None:
             await self.keys.close()
         if self.tenants is not None:

@@ -10,6 +10,7 @@ gets it, so it learns of its own departure.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 
@@ -19,12 +20,20 @@ from storage.database import Database, Transaction
 from storage.stores.events import EventStore
 from storage.stores.outbox import OutboxStore
 
-__all__ = ["OutboxWriter", "joined_servers_txn"]
+__all__ = ["OutboxWriter", "joined_servers_txn", "register_waker"]
 
 #: Member events seen, by ID (an ID fixes its content, so entries never go stale).
 _MEMBER_CACHE_SIZE = 100_000
 
 EnqueuedCallback = Callable[[Database, str, Collection[str]], None]
+
+#: The sender serving each open database (``FederationSender.serve``), for
+#: writers built without one, such as the client API's.
+_wakers: weakref.WeakKeyDictionary[Database, EnqueuedCallback] = weakref.WeakKeyDictionary()
+
+
+def register_waker(db: Database, callback: EnqueuedCallback) -> None:
+    _wakers[db] = callback
 
 
 class _MemberCache:
@@ -116,13 +125,18 @@ class OutboxWriter:
         servers.discard("")
         return servers
 
-    async def write_event_txn(self, txn: Transaction, tenant: str, event: Event) -> set[str]:
-        """Queue ``event`` for every destination, inside ``txn``; returns them."""
+    async def write_event_txn(
+        self, txn: Transaction, tenant: str, event: Event, *, exclude: Collection[str] = ()
+    ) -> set[str]:
+        """Queue ``event`` for every destination (but ``exclude``), inside
+        ``txn``; returns them."""
         destinations = await self.destinations_for_event_txn(txn, tenant, event)
+        destinations.difference_update(exclude)
         if destinations:
             await self.store.enqueue_pdu_txn(
                 txn, tenant, destinations, event.event_id, event.room_id, self._clock.time_ms()
             )
-            if self.on_enqueued is not None:
-                self.on_enqueued(self._db, tenant, destinations)
+            wake = self.on_enqueued or _wakers.get(self._db)
+            if wake is not None:
+                wake(self._db, tenant, destinations)
         return destinations

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -34,7 +34,7 @@ from federation.transport.client import (
     FederationHttpError,
 )
 from homeserver.federation_sender.backoff import BackoffPolicy
-from homeserver.federation_sender.outbox import OutboxWriter
+from homeserver.federation_sender.outbox import OutboxWriter, register_waker
 from storage.database import Database
 from storage.errors import StorageError
 from storage.stores.outbox import OutboundTransaction, OutboxStore, QueuedEdu
@@ -182,7 +182,7 @@ class FederationSender:
         self,
         client: FederationClient,
         clock: Clock,
-        database_for: Callable[[str], Database],
+        database_for: Callable[[str], Awaitable[Database]],
         *,
         policy: BackoffPolicy | None = None,
         rng: random.Random | None = None,
@@ -195,6 +195,7 @@ class FederationSender:
         self._database_for = database_for
         self._sweep_interval_s = sweep_interval_s
         self._stores: dict[int, OutboxStore] = {}
+        self._origin_stores: dict[str, OutboxStore] = {}
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
@@ -213,8 +214,17 @@ class FederationSender:
         self._store(writer.store.database)
         writer.on_enqueued = self._on_enqueued
 
+    def serve(self, db: Database) -> None:
+        """Sweep ``db`` and wake queues for every :class:`OutboxWriter` over it
+        that has no sender attached (the client API builds its own)."""
+        self._store(db)
+        register_waker(db, self._on_enqueued)
+
     def _on_enqueued(self, db: Database, origin: str, destinations: Collection[str]) -> None:
+        if self._stopping:
+            return
         store = self._store(db)
+        self._origin_stores[origin] = store
         for d in destinations:
             self._queue(store, origin, d).wake()
 
@@ -224,11 +234,17 @@ class FederationSender:
             q = self._queues[(origin, destination)] = _Queue(self, store, origin, destination)
         return q
 
-    def wake(self, origin: str, destinations: Iterable[str]) -> None:
+    async def _store_for(self, origin: str) -> OutboxStore:
+        store = self._origin_stores.get(origin)
+        if store is None:
+            store = self._origin_stores[origin] = self._store(await self._database_for(origin))
+        return store
+
+    async def wake(self, origin: str, destinations: Iterable[str]) -> None:
         """Look at these queues' outbox now (no-op for empty ones)."""
         if self._stopping:
             return
-        store = self._store(self._database_for(origin))
+        store = await self._store_for(origin)
         for d in destinations:
             self._queue(store, origin, d).wake()
 
@@ -240,13 +256,13 @@ class FederationSender:
         dests = sorted({d for d in destinations if d and d != origin})
         if not dests:
             return
-        store = self._store(self._database_for(origin))
+        store = await self._store_for(origin)
         async with store.database.transaction("federation_send_edu") as txn:
             await store.enqueue_edus_txn(
                 txn, origin, [QueuedEdu(d, edu_type, content) for d in dests],
                 self.clock.time_ms(),
             )
-        self.wake(origin, dests)
+        await self.wake(origin, dests)
 
     async def on_peer_seen(self, destination: str) -> None:
         """``destination`` just reached us: it is up, so retry it now."""

@@ -38,7 +38,10 @@ def make_sender(
         session, signing_keys={LOCAL: tenant.key}, default_origin=LOCAL,
         destination_overrides={"b.test": peer.url, "c.test": peer.url},
     )
-    sender = FederationSender(client, clock, lambda _: tenant.db, policy=POLICY,
+    async def database_for(_: str) -> Database:
+        return tenant.db
+
+    sender = FederationSender(client, clock, database_for, policy=POLICY,
                               rng=random.Random(1))
     if attach:
         sender.attach(tenant.creation.outbox)

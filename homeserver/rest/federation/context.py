@@ -174,6 +174,12 @@ class InboundContext:
             from homeserver.federation_sender.node import accepted_event_hook
 
             h.server.on_event_accepted.append(accepted_event_hook(sender, h.db, h.events))
+        sender: Any = getattr(self._hs, "federation_sender", None)
+        if sender is not None:
+            # Joins/leaves accepted for other servers go on to the rest of the room.
+            from homeserver.federation_sender.node import accepted_event_hook
+
+            h.server.on_event_accepted.append(accepted_event_hook(sender, h.db, h.events))
 
         async def send_on(tenant: str, ev: Event) -> None:
             # The resident server sends a join/leave it accepted for another

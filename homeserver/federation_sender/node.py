@@ -1,0 +1,132 @@
+"""Outbound federation assembled for one node.
+
+:func:`start_federation_outbound` builds the node's
+:class:`~homeserver.federation_sender.FederationSender` over the federation
+client of ``hs.keys`` and sets ``hs.federation_sender`` (``send_edu``,
+``on_peer_seen``) and ``hs.remote_rooms`` (the client API's
+:class:`~homeserver.handlers.remote_rooms.RemoteRooms`). Tenants with a
+dedicated database are served from it: the sender sweeps every database it
+is given and every remote-rooms call runs over the tenant's database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from federation.events import Event
+from homeserver.federation_sender.outbox import OutboxWriter
+from homeserver.federation_sender.sender import FederationSender
+from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.federation_client_ops import FederationRemoteRooms
+from homeserver.keys import KeyService, key_service_for
+from storage.database import Database
+from storage.stores.events import EventStore
+from storage.stores.state import StateStore
+
+__all__ = ["RemoteRoomsRouter", "start_federation_outbound"]
+
+
+class RemoteRoomsRouter:
+    """:class:`RemoteRooms` for every tenant: each call over the tenant's database."""
+
+    def __init__(self, hs: Any, keys: KeyService) -> None:
+        self._hs = hs
+        self._keys = keys
+        self._by_db: dict[int, FederationRemoteRooms] = {}
+
+    async def database_for(self, tenant: str) -> Database:
+        registry: Any = getattr(self._hs, "tenants", None)
+        t = registry.get(tenant) if registry is not None else None
+        if t is None or registry is None:
+            db: Database = self._hs.database
+            return db
+        found: Database = await registry.database(t)
+        return found
+
+    async def for_tenant(self, tenant: str) -> FederationRemoteRooms:
+        db = await self.database_for(tenant)
+        ops = self._by_db.get(id(db))
+        if ops is None:
+            hs, keys = self._hs, self._keys
+            shared = getattr(hs, "event_store", None)
+            events = (shared if isinstance(shared, EventStore) and db is hs.database
+                      else EventStore(db, StateStore(db)))
+
+            def key_for(name: str) -> Any:
+                return keys.signing_keys(name)[0]
+
+            creation = EventCreationHandler(db, events, hs.clock, key_for)
+            sender = getattr(hs, "federation_sender", None)
+            if isinstance(sender, FederationSender):
+                sender.serve(db)
+            ops = FederationRemoteRooms(
+                db=db, events=events, creation=creation, keyring=keys.keyring,
+                client=keys.client, clock=hs.clock, signing_key_for=key_for,
+            )
+            self._by_db[id(db)] = ops
+        return ops
+
+    async def remote_join(
+        self, tenant: str, user_id: str, room_id_or_alias: str, servers: Sequence[str],
+        content: Mapping[str, Any],
+    ) -> str:
+        ops = await self.for_tenant(tenant)
+        return await ops.remote_join(tenant, user_id, room_id_or_alias, servers, content)
+
+    async def remote_leave(
+        self, tenant: str, user_id: str, room_id: str, content: Mapping[str, Any]
+    ) -> str:
+        return await (await self.for_tenant(tenant)).remote_leave(tenant, user_id, room_id,
+                                                                  content)
+
+    async def remote_invite(
+        self, tenant: str, sender: str, room_id: str, target: str, content: Mapping[str, Any]
+    ) -> str:
+        return await (await self.for_tenant(tenant)).remote_invite(tenant, sender, room_id,
+                                                                   target, content)
+
+    async def remote_public_rooms(
+        self, tenant: str, server: str, *, limit: int | None, since: str | None,
+        search_filter: Mapping[str, Any] | None, include_all_networks: bool,
+        third_party_instance_id: str | None,
+    ) -> dict[str, Any]:
+        return await (await self.for_tenant(tenant)).remote_public_rooms(
+            tenant, server, limit=limit, since=since, search_filter=search_filter,
+            include_all_networks=include_all_networks,
+            third_party_instance_id=third_party_instance_id,
+        )
+
+    async def query_alias(self, tenant: str, room_alias: str) -> tuple[str, list[str]]:
+        return await (await self.for_tenant(tenant)).query_alias(tenant, room_alias)
+
+    async def query_profile(self, tenant: str, user_id: str) -> dict[str, Any]:
+        return await (await self.for_tenant(tenant)).query_profile(tenant, user_id)
+
+
+def accepted_event_hook(sender: FederationSender, db: Database, events: EventStore) -> Any:
+    """For the inbound ``FederationServer.on_event_accepted``: a join or leave a
+    resident server accepted for another server goes to the other servers in
+    the room (spec "Joining Rooms": the resident server sends it on)."""
+    writer = OutboxWriter(db, events, sender.clock)
+    writer.on_enqueued = sender._on_enqueued
+
+    async def hook(tenant: str, event: Event) -> None:
+        origin = event.sender.split(":", 1)[1] if ":" in event.sender else ""
+        async with db.transaction("outbox_accepted_event") as txn:
+            await writer.write_event_txn(txn, tenant, event, exclude=(origin,))
+
+    return hook
+
+
+async def start_federation_outbound(hs: Any) -> FederationSender:
+    """Build and start the node's sender; set ``hs.federation_sender`` and
+    ``hs.remote_rooms``. Stop it with ``await hs.federation_sender.stop()``."""
+    keys = key_service_for(hs)
+    router = RemoteRoomsRouter(hs, keys)
+    sender = FederationSender(keys.client, hs.clock, router.database_for)
+    sender.serve(hs.database)
+    hs.federation_sender = sender
+    hs.remote_rooms = router
+    await sender.start()
+    return sender

@@ -1,0 +1,119 @@
+"""Two real Concord nodes: events go out through the outbox, joins go
+through make_join/send_join, invites and leaves over federation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from federation.clock import FakeClock
+from federation.errors import MatrixError
+from federation.room_versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
+from tests.federation_outbound.nodes import Node, link, settle, start_node
+
+ALICE = "@alice:a.test"
+BOB = "@bob:b.test"
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    clock = FakeClock()
+    a = await start_node(tmp_path / "a", "a.test", clock)
+    b = await start_node(tmp_path / "b", "b.test", clock)
+    link([a, b])
+    try:
+        yield a, b
+    finally:
+        await b.hs.stop()
+        await a.hs.stop()
+
+
+async def outbox_count(node: Node) -> int:
+    return int(await node.hs.database.fetchval("SELECT COUNT(*) FROM federation_outbox"))
+
+
+@pytest.mark.parametrize("rv", [ROOM_V10, ROOM_V11, ROOM_V12], ids=lambda v: f"v{v.identifier}")
+async def test_join_then_events_flow_both_ways(two: tuple[Node, Node], rv: RoomVersion) -> None:
+    a, b = two
+    room = await a.create_room(ALICE, rv)
+    history = [await a.say("a.test", room, ALICE, f"before {i}") for i in range(5)]
+
+    joined = await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {
+        "displayname": "Bob"})
+    assert joined == room
+    # B holds the room's state, with bob joined, the same as A's.
+    b_state = await b.events.state.get_current_state("b.test", room)
+    await settle([a, b])
+    a_state = await a.events.state.get_current_state("a.test", room)
+    assert dict(b_state) == dict(a_state)
+    bob_join = (await b.events.get_events("b.test", [b_state[("m.room.member", BOB)]]))
+    assert next(iter(bob_join.values())).content == {"membership": "join", "displayname": "Bob"}
+    # Recent history was backfilled and is visible (not outliers), before the join.
+    visible = [s.event for s in await b.events.get_stream_events("b.test", 0, 1000,
+                                                                 room_id=room)]
+    bodies = [e.content.get("body") for e in visible if e.type == "m.room.message"]
+    assert bodies == [e.content["body"] for e in history]
+    assert visible[-1].type == "m.room.member" and visible[-1].state_key == BOB
+
+    # A's new events reach B through the outbox; the rows are then gone.
+    msg = await a.say("a.test", room, ALICE, "hello bob")
+    await settle([a, b])
+    assert (await b.events.get_event("b.test", msg.event_id)) is not None
+    assert await outbox_count(a) == 0
+    # And B's reach A.
+    reply = await b.say("b.test", room, BOB, "hi alice")
+    await settle([a, b])
+    got = await a.events.get_event("a.test", reply.event_id)
+    assert got is not None and not got.outlier and got.rejected_reason is None
+    assert await outbox_count(b) == 0
+    assert a.sender.running_queues == 0 and b.sender.running_queues == 0
+
+
+async def test_join_tries_next_server_and_reports_failure(two: tuple[Node, Node]) -> None:
+    a, b = two
+    room = await a.create_room(ALICE, ROOM_V11)
+    b.hs.keys.client.destination_overrides["dead.test"] = "http://127.0.0.1:9"  # type: ignore[union-attr]
+    assert await b.remote_rooms.remote_join("b.test", BOB, room, ["dead.test", "a.test"],
+                                            {}) == room
+    with pytest.raises(MatrixError) as e:
+        await b.remote_rooms.remote_join("b.test", "@carol:b.test", "!nope:dead.test",
+                                         ["dead.test"], {})
+    assert e.value.code == 502
+
+
+async def test_invite_accept_and_leave(two: tuple[Node, Node]) -> None:
+    a, b = two
+    room = await a.create_room(ALICE, ROOM_V11, )
+    invite_id = await a.remote_rooms.remote_invite("a.test", ALICE, room, BOB, {})
+    a_state = await a.events.state.get_current_state("a.test", room)
+    assert a_state[("m.room.member", BOB)] == invite_id
+    invite = await a.events.get_event("a.test", invite_id)
+    assert invite is not None and "b.test" in invite.event.pdu["signatures"]
+    # B recorded it for bob.
+    stored = await b.events.get_event("b.test", invite_id)
+    assert stored is not None and stored.event.membership == "invite"
+
+    await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
+    await settle([a, b])
+    leave_id = await b.creation.create_event(
+        "b.test", room, event_type="m.room.member", sender=BOB, state_key=BOB,
+        content={"membership": "leave"},
+    )
+    await settle([a, b])
+    a_state = await a.events.state.get_current_state("a.test", room)
+    assert a_state[("m.room.member", BOB)] == leave_id.event_id
+
+
+async def test_reject_invite_over_federation(two: tuple[Node, Node]) -> None:
+    a, b = two
+    room = await a.create_room(ALICE, ROOM_V12)
+    await a.remote_rooms.remote_invite("a.test", ALICE, room, BOB, {})
+    # Bob declines without ever joining: make_leave/send_leave through A.
+    leave_id = await b.remote_rooms.remote_leave("b.test", BOB, room, {})
+    await settle([a, b])
+    a_state = await a.events.state.get_current_state("a.test", room)
+    assert a_state[("m.room.member", BOB)] == leave_id
+    left = await a.events.get_event("a.test", leave_id)
+    assert left is not None and left.event.membership == "leave"
