@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "generate_keys",
     "check_config",
     "migrate",
+    "federation_test",
 )
 
 
