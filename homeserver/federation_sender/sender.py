@@ -34,10 +34,12 @@ from federation.transport.client import (
     FederationHttpError,
 )
 from homeserver.federation_sender.backoff import BackoffPolicy
-from homeserver.federation_sender.outbox import OutboxWriter, register_waker
+from homeserver.federation_sender.outbox import OutboxWriter, joined_servers_txn, register_waker
 from storage.database import Database
 from storage.errors import StorageError
+from storage.stores.events import EventStore
 from storage.stores.outbox import OutboundTransaction, OutboxStore, QueuedEdu
+from storage.stores.state import StateStore
 
 __all__ = ["FederationSender"]
 
@@ -200,6 +202,7 @@ class FederationSender:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         self._change = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self.sent_transactions = 0
         self.sent_pdus = 0
 
@@ -264,6 +267,42 @@ class FederationSender:
             )
         await self.wake(origin, dests)
 
+    async def send_edu_to_room(
+        self, origin: str, room_id: str, edu_type: str, content: dict[str, Any]
+    ) -> None:
+        """:meth:`send_edu` to every server with a joined member in the room
+        (as ``origin`` sees it): what ``m.typing`` and ``m.receipt`` need."""
+        store = await self._store_for(origin)
+        db = store.database
+        events = EventStore(db, StateStore(db))
+        servers = await joined_servers_txn(None, events, origin, room_id)
+        await self.send_edu(origin, servers, edu_type, content)
+
+    def notify_new_events(self, origin: str, events: Iterable[Any]) -> None:
+        """Called by the client API after it committed events of ``origin``.
+
+        Their outbox rows already woke the queues (through the waker this
+        sender registered for the database); the first time an origin's
+        database is seen here it is served and swept, so a tenant database
+        opened after start-up is covered too.
+        """
+        if self._stopping or origin in self._origin_stores:
+            return
+        task = asyncio.ensure_future(self._serve_origin(origin))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _serve_origin(self, origin: str) -> None:
+        try:
+            db = await self._database_for(origin)
+            self.serve(db)
+            self._origin_stores[origin] = store = self._store(db)
+            for o, destination in await store.pending_queues():
+                if o == origin:
+                    self._queue(store, o, destination).wake()
+        except Exception:
+            logger.exception("Could not serve the outbox of %s", origin)
+
     async def on_peer_seen(self, destination: str) -> None:
         """``destination`` just reached us: it is up, so retry it now."""
         backing_off = [q for q in self._queues.values()
@@ -298,6 +337,7 @@ class FederationSender:
         """End every task (their rows stay queued for the next start)."""
         self._stopping = True
         tasks = [q.task for q in self._queues.values() if q.task is not None]
+        tasks += list(self._background)
         if self._sweeper is not None:
             tasks.append(self._sweeper)
         for t in tasks:

@@ -247,3 +247,29 @@ async def test_edus_at_most_100_per_transaction(
             "b.test"}
     finally:
         await sender.stop()
+
+
+async def test_edu_to_room_and_notify_serves_new_database(
+    tenant: LocalTenant, session: aiohttp.ClientSession, peer: RecordingPeer, clock: FakeClock
+) -> None:
+    # Neither attached nor serving the database: the client API's
+    # notify_new_events is what makes this sender find the rows.
+    sender = make_sender(tenant, session, peer, clock, attach=False)
+    try:
+        room = await tenant.room_with_remote_members([BOB, CAROL])
+        msg = await tenant.say(room, "from the client API")
+        assert peer.received == []
+        sender.notify_new_events(LOCAL, [msg])
+        await peer.wait_for(2)
+        await sender.wait_until_idle()
+        assert sorted(parse_authorization_header(a).destination or "" for _, _, a in
+                      peer.received) == ["b.test", "c.test"]
+        await sender.send_edu_to_room(LOCAL, room, "m.typing",
+                                      {"room_id": room, "user_id": ALICE, "typing": True})
+        await peer.wait_for(4)
+        await sender.wait_until_idle()
+        edus = [b["edus"] for _, b, _ in peer.received[2:]]
+        assert edus == [[{"edu_type": "m.typing",
+                          "content": {"room_id": room, "user_id": ALICE, "typing": True}}]] * 2
+    finally:
+        await sender.stop()
