@@ -214,6 +214,14 @@ class EventCreationHandler:
         if not rv.room_id_from_create_event:
             pdu["room_id"] = f"!{secrets.token_urlsafe(18)}:{tenant}"
         event = self._sign(tenant, rv, pdu)
+        # v12 derives the room ID from the create event: the same creator and
+        # content in the same millisecond would name an existing room. Move
+        # the timestamp on until the ID is new.
+        while rv.room_id_from_create_event and await self._events.state.get_room_version_id(
+            tenant, event.room_id, txn=txn
+        ) is not None:
+            pdu["origin_server_ts"] += 1
+            event = self._sign(tenant, rv, pdu)
         check_auth(event, {})
         room_id = event.room_id
         await self._events.state.set_current_state_group_txn(

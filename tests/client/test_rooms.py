@@ -23,3 +23,13 @@ async def test_create_send_read(node: Node) -> None:
     assert set(members["joined"]) == {alice.user_id, bob.user_id}
     # shared history: bob now sees the earlier message
     assert (await bob.ok("GET", f"/rooms/{room}/event/{ev}"))["event_id"] == ev
+
+
+async def test_same_millisecond_v12_rooms_are_distinct(node: Node) -> None:
+    # The FakeClock stands still: same creator, same content, same timestamp.
+    alice = await node.user("alice")
+    rooms = {await alice.create_room(room_version="12") for _ in range(3)}
+    assert len(rooms) == 3
+    for room in rooms:
+        members = await alice.ok("GET", f"/rooms/{room}/joined_members")
+        assert list(members["joined"]) == [alice.user_id]
