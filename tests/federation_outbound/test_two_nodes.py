@@ -117,3 +117,51 @@ async def test_reject_invite_over_federation(two: tuple[Node, Node]) -> None:
     assert a_state[("m.room.member", BOB)] == leave_id
     left = await a.events.get_event("a.test", leave_id)
     assert left is not None and left.event.membership == "leave"
+
+
+async def test_join_refuses_tampered_state_and_stores_nothing(
+    two: tuple[Node, Node],
+) -> None:
+    """A resident whose send_join answer carries a forged create event: the
+    join fails with a clear error and B stores nothing of the room."""
+    import aiohttp
+    from aiohttp import web
+    from yarl import URL
+
+    a, b = two
+    room = await a.create_room(ALICE, ROOM_V11)
+    upstream = a.hs.base_url("federation")
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        async with aiohttp.ClientSession() as s:
+            async with s.request(request.method, URL(upstream + request.raw_path, encoded=True),
+                                 headers={k: v for k, v in request.headers.items()
+                                          if k.lower() in ("authorization", "content-type")},
+                                 data=await request.read()) as resp:
+                body = await resp.json()
+                status = resp.status
+        if "/send_join/" in request.path and status == 200:
+            for pdu in body["state"] + body["auth_chain"]:
+                if pdu["type"] == "m.room.create":
+                    sigs = pdu["signatures"]["a.test"]
+                    key = next(iter(sigs))
+                    sigs[key] = "A" * 86
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        b.hs.keys.client.destination_overrides["a.test"] = (  # type: ignore[union-attr]
+            f"http://127.0.0.1:{runner.addresses[0][1]}")
+        with pytest.raises(MatrixError) as e:
+            await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
+        assert "m.room.create" in e.value.msg
+        assert await b.events.state.get_room_version_id("b.test", room) is None
+        assert int(await b.hs.database.fetchval(
+            "SELECT COUNT(*) FROM events WHERE room_id = $1", room)) == 0
+    finally:
+        await runner.cleanup()
