@@ -250,6 +250,8 @@ class TenantRegistry:
         # before the change does not undo it in memory.
         self._generation = 0
         self._refresher: asyncio.Task[None] | None = None
+        #: Set after each periodic re-read (tests wait on it after advancing the clock).
+        self.refreshed = asyncio.Event()
         self.primary_name = config.server_name
 
     # -- loading
@@ -372,7 +374,11 @@ class TenantRegistry:
         return len(self._tenants)
 
     def all(self) -> list[Tenant]:
-        return list(self._tenants.values())
+        """Every tenant: the node's own name first, then by creation."""
+        return sorted(
+            self._tenants.values(),
+            key=lambda t: (not t.is_primary, t.created_ts, t.server_name),
+        )
 
     def get(self, server_name: str) -> Tenant | None:
         """The tenant named exactly ``server_name`` (any state), or None."""
@@ -512,11 +518,6 @@ class TenantRegistry:
 
         key_dir = key_dir or os.path.join(self._config.data_dir, "tenants")
         key_path = os.path.join(key_dir, tenant_key_file_name(server_name))
-        try:
-            _ensure_key_file(key_path)
-        except SigningKeyError as e:
-            raise TenantError(f"signing key: {e}") from None
-
         row = TenantRow(
             server_name=server_name,
             source="runtime",
@@ -529,10 +530,16 @@ class TenantRegistry:
         )
         tenant = self._tenant_from_row(row)
         if mode == "dedicated":
+            # First, so an unusable database leaves nothing behind (no key, no row).
             try:
                 await self.database(tenant)
             except StorageError as e:
                 raise TenantError(f"tenant database: {e}") from None
+        try:
+            _ensure_key_file(key_path)
+        except SigningKeyError as e:
+            await self._close_dedicated(server_name)
+            raise TenantError(f"signing key: {e}") from None
         self._generation += 1
         if not await self._store.insert(row):
             await self._close_dedicated(server_name)
@@ -608,10 +615,12 @@ class TenantRegistry:
     async def _refresh_loop(self, interval_s: float) -> None:
         while True:
             await self._clock.sleep(interval_s)
+            self.refreshed.clear()
             try:
                 await self.refresh()
             except Exception:
                 logger.exception("Re-reading the tenants table failed")
+            self.refreshed.set()
 
     async def _close_dedicated(self, server_name: str) -> None:
         db = self._dedicated.pop(server_name, None)

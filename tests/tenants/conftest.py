@@ -144,3 +144,29 @@ def api_for(session: aiohttp.ClientSession) -> Callable[[HomeServer, str | None]
         return Api(session, hs, host)
 
     return make
+
+
+@pytest.fixture
+async def second_database_url(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """Another empty database on the same engine (a dedicated tenant's)."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite://{tmp_path / 'dedicated.db'}"
+        return
+    import secrets
+
+    from tests.conftest import _admin_connection, _with_database, postgres_server_url
+
+    dbname = f"concord_test_{secrets.token_hex(8)}"
+    admin = await _admin_connection()
+    try:
+        await admin.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(postgres_server_url(), dbname)
+    finally:
+        admin = await _admin_connection()
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        finally:
+            await admin.close()
