@@ -9,7 +9,7 @@ with the room through ``/sync``'s ``m.receipt`` ephemeral event,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from federation.clock import Clock
@@ -40,10 +40,16 @@ def receipt_event(receipts: Iterable[Receipt], viewer: str) -> dict[str, Any] | 
     return {"type": "m.receipt", "content": content}
 
 
+SendEdu = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+
+
 class ReceiptsHandler:
-    def __init__(self, clock: Clock, notifier: Notifier) -> None:
+    def __init__(
+        self, clock: Clock, notifier: Notifier, *, send_edu: SendEdu | None = None
+    ) -> None:
         self._clock = clock
         self._notifier = notifier
+        self._send_edu = send_edu
 
     async def _check_event(self, ts: TenantStores, room_id: str, event_id: str) -> None:
         check_event_id(event_id)
@@ -75,11 +81,19 @@ class ReceiptsHandler:
             )
             self._notifier.notify(ts.server_name, user_ids=[user_id])
             return
+        now = self._clock.time_ms()
         await ts.s.receipts.put_receipt(
-            ts.server_name, room_id, receipt_type, user_id, thread_id, event_id,
-            self._clock.time_ms(),
+            ts.server_name, room_id, receipt_type, user_id, thread_id, event_id, now,
         )
         self._notifier.notify(ts.server_name, room_ids=[room_id])
+        if receipt_type == "m.read" and self._send_edu is not None:
+            # Private receipts stay on this server (spec "Private read receipts").
+            data: dict[str, Any] = {"ts": now}
+            if thread_id:
+                data["thread_id"] = thread_id
+            await self._send_edu(ts.server_name, room_id, "m.receipt", {
+                room_id: {"m.read": {user_id: {"data": data, "event_ids": [event_id]}}}
+            })
 
     async def read_markers(
         self, ts: TenantStores, user_id: str, room_id: str, body: Mapping[str, Any]

@@ -24,6 +24,7 @@ from aiohttp import web
 from homeserver.http import tenant_routing, x_matrix
 from homeserver.rest import admin, federation, federation_version, health, keys
 from homeserver.rest.client import account, capabilities, login, profile, rooms, sync, versions
+from homeserver.rest.client import client_api as client_api_module
 from homeserver.rest.client import directory as client_directory
 from homeserver.rest.client import register as client_register
 
@@ -56,6 +57,7 @@ FEDERATION: tuple[Registrar, ...] = (
     tenant_routing.register_federation,
     keys.register,
     federation_version.register,
+    client_api_module.register_early,
     federation.register,
 )
 

@@ -10,6 +10,7 @@ quotas through ``hs.quotas`` (``check_can_create_room(tenant)``,
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,9 @@ from storage.database import Database
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
 
-__all__ = ["ClientAPI", "client_api", "client_patterns"]
+__all__ = ["ClientAPI", "client_api", "client_patterns", "register_early"]
+
+logger = logging.getLogger(__name__)
 
 
 def client_patterns(path: str, *, r0: bool = True) -> tuple[str, ...]:
@@ -69,6 +72,8 @@ class ClientAPI:
         self.notifier: Notifier = notifier
         remote: RemoteRooms = _RemoteProxy(hs)  # type: ignore[assignment]
         self.typing = TypingHandler(clock, notifier)
+        # Inbound federation applies remote typing EDUs here.
+        hs.typing = self.typing  # type: ignore[attr-defined]
         self.messages = MessageHandler(
             clock, on_new_events=[notifier.on_new_events, self._to_federation_sender],
             check_event_rate=self._check_event_rate,
@@ -82,7 +87,7 @@ class ClientAPI:
             check_can_create_room=self._check_can_create_room,
         )
         self.pagination = PaginationHandler(clock)
-        self.receipts = ReceiptsHandler(clock, notifier)
+        self.receipts = ReceiptsHandler(clock, notifier, send_edu=self.send_edu_to_room)
         self.sync = SyncHandler(clock, notifier, self.typing)
         self._by_db: dict[int, DatabaseStores] = {}
 
@@ -136,6 +141,20 @@ class ClientAPI:
         if notify is not None:
             notify(server_name, list(events))
 
+    async def send_edu_to_room(
+        self, origin: str, room_id: str, edu_type: str, content: dict[str, Any]
+    ) -> None:
+        """Send an EDU (``m.typing``, ``m.receipt``) to the room's other servers,
+        if this node federates. Ephemeral: a failure is logged, not raised."""
+        sender = getattr(self.hs, "federation_sender", None)
+        fn = getattr(sender, "send_edu_to_room", None)
+        if fn is None:
+            return
+        try:
+            await fn(origin, room_id, edu_type, content)
+        except Exception:
+            logger.exception("Sending %s for %s failed", edu_type, room_id)
+
     async def _user_exists(self, server_name: str, user_id: str) -> bool:
         tenant = self.hs.tenants.get(server_name)
         if tenant is None:
@@ -153,3 +172,9 @@ def client_api(hs: HomeServer) -> ClientAPI:
         api = ClientAPI(hs)
         hs.client_api = api  # type: ignore[attr-defined]
     return api
+
+
+def register_early(app: web.Application, hs: HomeServer) -> None:
+    """Build the client API before any listener's servlets need ``hs.notifier``
+    or ``hs.typing`` (federation's inbound EDUs and events use them)."""
+    client_api(hs)

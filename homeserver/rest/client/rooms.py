@@ -240,6 +240,9 @@ class TypingServlet(_Base):
         await require_joined(ts, room_id, requester.user_id)
         self.api.typing.set_typing(ts.server_name, room_id, requester.user_id, typing,
                                    timeout if typing else 0)
+        await self.api.send_edu_to_room(ts.server_name, room_id, "m.typing", {
+            "room_id": room_id, "user_id": requester.user_id, "typing": typing,
+        })
         return 200, {}
 
 
