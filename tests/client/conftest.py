@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,18 @@ class Node:
         return int(await self.hs.database.fetchval(f"SELECT COUNT(*) FROM {table}"))
 
 
-@pytest.fixture
-async def node(tmp_path: Path, database_url: str) -> AsyncIterator[Node]:
+@asynccontextmanager
+async def start_node(tmp_path: Path, database_url: str, **extra: Any) -> AsyncIterator[Node]:
     clock = FakeClock()
-    hs = await HomeServer.start(node_config(tmp_path, database_url), clock=clock)
+    hs = await HomeServer.start(node_config(tmp_path, database_url, **extra), clock=clock)
     try:
         async with aiohttp.ClientSession() as session:
             yield Node(hs, clock, session)
     finally:
         await hs.stop()
+
+
+@pytest.fixture
+async def node(tmp_path: Path, database_url: str) -> AsyncIterator[Node]:
+    async with start_node(tmp_path, database_url) as n:
+        yield n

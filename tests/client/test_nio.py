@@ -7,9 +7,13 @@ response against its JSON schemas, so a malformed /sync, /createRoom or
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nio import (
     AsyncClient,
     JoinResponse,
+    LoginResponse,
+    RegisterResponse,
     RoomCreateResponse,
     RoomInviteResponse,
     RoomMessageText,
@@ -17,13 +21,7 @@ from nio import (
     SyncResponse,
 )
 
-from tests.client.conftest import Node
-
-
-def _nio(node: Node, user_id: str, token: str, device_id: str) -> AsyncClient:
-    client = AsyncClient(node.base, user_id)
-    client.restore_login(user_id, device_id, token)
-    return client
+from tests.client.conftest import Node, start_node
 
 
 def _bodies(sync: SyncResponse, room_id: str) -> list[str]:
@@ -33,16 +31,30 @@ def _bodies(sync: SyncResponse, room_id: str) -> list[str]:
     return [e.body for e in room.timeline.events if isinstance(e, RoomMessageText)]
 
 
-async def test_nio_create_invite_send_sync(node: Node) -> None:
-    alice_u = await node.user("alice")
-    bob_u = await node.user("bob")
-    alice = _nio(node, alice_u.user_id, alice_u.token, "DEVALICE")
-    bob = _nio(node, bob_u.user_id, bob_u.token, "DEVBOB")
+async def test_nio_create_invite_send_sync(tmp_path: Path, database_url: str) -> None:
+    async with start_node(tmp_path, database_url, enable_registration=True) as node:
+        await _scenario(node)
+
+
+async def _scenario(node: Node) -> None:
+    # Alice registers through nio (m.login.dummy); Bob registers too, then
+    # logs in again from a second nio client, as a user returning would.
+    alice = AsyncClient(node.base, "alice")
+    registered = await alice.register("alice", "alice-password-1", "nio alice")
+    assert isinstance(registered, RegisterResponse), registered
+    signup = AsyncClient(node.base, "bob")
+    assert isinstance(await signup.register("bob", "bob-password-1"), RegisterResponse)
+    await signup.close()
+    bob = AsyncClient(node.base, "@bob:hs.test")
+    logged_in = await bob.login("bob-password-1", device_name="nio bob")
+    assert isinstance(logged_in, LoginResponse), logged_in
+    alice_u_id, bob_u_id = alice.user_id, bob.user_id
+    assert (alice_u_id, bob_u_id) == ("@alice:hs.test", "@bob:hs.test")
     try:
         created = await alice.room_create(name="nio room", topic="testing")
         assert isinstance(created, RoomCreateResponse), created
         room_id = created.room_id
-        invited = await alice.room_invite(room_id, bob_u.user_id)
+        invited = await alice.room_invite(room_id, bob_u_id)
         assert isinstance(invited, RoomInviteResponse), invited
 
         first = await alice.sync(timeout=0, full_state=True)
@@ -71,7 +83,7 @@ async def test_nio_create_invite_send_sync(node: Node) -> None:
         b_sync = await bob.sync(timeout=0)
         assert isinstance(b_sync, SyncResponse), b_sync
         assert "hi bob" in _bodies(b_sync, room_id) and "hi alice" in _bodies(b_sync, room_id)
-        assert set(bob.rooms[room_id].users) == {alice_u.user_id, bob_u.user_id}
+        assert set(bob.rooms[room_id].users) == {alice_u_id, bob_u_id}
         # An empty incremental sync moves on without news.
         again = await alice.sync(timeout=0)
         assert isinstance(again, SyncResponse) and room_id not in again.rooms.join
