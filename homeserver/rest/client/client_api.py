@@ -70,7 +70,7 @@ class ClientAPI:
             notifier = Notifier(clock)
             hs.notifier = notifier  # type: ignore[attr-defined]
         self.notifier: Notifier = notifier
-        remote: RemoteRooms = _RemoteProxy(hs)  # type: ignore[assignment]
+        remote: RemoteRooms = _RemoteProxy(hs)
         self.typing = TypingHandler(clock, notifier)
         # Inbound federation applies remote typing EDUs here.
         hs.typing = self.typing  # type: ignore[attr-defined]
