@@ -504,6 +504,8 @@ class TenantRegistry:
             raise TenantError("a database URL only applies to a dedicated tenant")
         for name in (server_name, *hostnames):
             owner = self._claimed_by(name)
+            if owner is not None and owner.server_name == name:
+                raise TenantError(f"tenant {name} already exists")
             if owner is not None:
                 raise TenantError(f"{name} is already used by tenant {owner.server_name}")
         if await self._store.get(server_name) is not None:

@@ -23,6 +23,8 @@ SUBCOMMAND_MODULES = (
     "check_config",
     "migrate",
     "federation_test",
+    "register_user",
+    "tenant",
 )
 
 
