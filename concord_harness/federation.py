@@ -167,7 +167,8 @@ class Federation:
         await self._build_links()
         for node in self.nodes:
             overrides = {}
-            for other in [*self.nodes, *self.external]:
+            peers: list[Server] = [*self.nodes, *self.external]
+            for other in peers:
                 if other is node:
                     continue
                 proxy = self._links[(node.server_name, other.tenants[0])]
@@ -181,7 +182,8 @@ class Federation:
         await asyncio.gather(*(p.close() for p in self._links.values()))
         self._links = {}
         for src in self.nodes:
-            for dst in [*self.nodes, *self.external]:
+            dsts: list[Server] = [*self.nodes, *self.external]
+            for dst in dsts:
                 if dst is src:
                     continue
                 upstream = dst.federation_url if isinstance(dst, Node) else dst.base_url
@@ -279,7 +281,9 @@ class Federation:
         can read the room (servers with no user in the room are left out unless
         named in ``servers``)."""
         explicit = servers is not None
-        chosen = list(servers) if servers is not None else [*self.nodes, *self.external]
+        chosen: list[Server] = (
+            list(servers) if servers is not None else [*self.nodes, *self.external]
+        )
         out: list[RoomSnapshot] = []
         for server in chosen:
             name = self._name(server)

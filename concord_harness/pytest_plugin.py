@@ -88,7 +88,7 @@ def _defaults(request: pytest.FixtureRequest) -> dict[str, Any]:
     return out
 
 
-@_async_fixture
+@_async_fixture  # type: ignore[untyped-decorator]
 async def concord_federation(request: pytest.FixtureRequest) -> AsyncIterator[FederationFactory]:
     """Factory of started federations, closed after the test."""
     defaults = _defaults(request)
@@ -113,7 +113,7 @@ async def concord_federation(request: pytest.FixtureRequest) -> AsyncIterator[Fe
             raise errors[0]
 
 
-@_async_fixture
+@_async_fixture  # type: ignore[untyped-decorator]
 async def concord_node(request: pytest.FixtureRequest) -> AsyncIterator[Node]:
     """One started node (defaults as for ``concord_federation``; ``nodes`` is 1)."""
     kwargs = {**_defaults(request), "nodes": 1}

@@ -187,7 +187,7 @@ async def _call(
     query: Any,
     token: str | None,
 ) -> Any:
-    headers = {"Content-Type": "application/json"}
+    headers: dict[bytes | str, bytes | str] = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
@@ -218,8 +218,8 @@ class FederationTestCase(unittest.TestCase):
     fed: Federation
     pool: HTTPConnectionPool
 
-    def setUp(self) -> Deferred[Any]:
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
+    def setUp(self) -> Deferred[Any]:  # type: ignore[override]  # trial waits on it
+        self.pool = HTTPConnectionPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
         self.fed = Federation(
             self.nodes,
             engine=self.engine,
@@ -229,9 +229,9 @@ class FederationTestCase(unittest.TestCase):
         )
         return as_deferred(self.fed.start())
 
-    def tearDown(self) -> Deferred[Any]:
+    def tearDown(self) -> Deferred[Any]:  # type: ignore[override]  # trial waits on it
         # Client connections first, or trial reports a dirty reactor.
-        d: Deferred[Any] = self.pool.closeCachedConnections()
+        d: Deferred[Any] = self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
         d.addCallback(lambda _: as_deferred(self.fed.close()))
         return d
 

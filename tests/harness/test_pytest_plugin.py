@@ -1,13 +1,17 @@
 """The pytest face, used as another project would: the installed ``concord``
-plugin in a fresh pytest run (pytester), plus the fixtures in this suite."""
+plugin in a fresh pytest run in its own directory, plus the fixtures here."""
 
 from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
 
 import pytest
 
 from concord_harness import Federation, Node
 
-EXTERNAL_TEST = '''
+EXTERNAL_TEST = """
 import aiohttp
 import pytest
 
@@ -26,14 +30,29 @@ async def test_uses_a_node(concord_node):
     async with aiohttp.ClientSession() as s:
         async with s.get(concord_node.client_url + "/health") as r:
             assert r.status == 200
-'''
+"""
 
 
-def test_plugin_is_installed_for_other_projects(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_external=EXTERNAL_TEST)
-    pytester.makeini("[pytest]\nasyncio_mode = strict\n")
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
+async def test_plugin_is_installed_for_other_projects(tmp_path: Path) -> None:
+    # A project of its own: nothing of Concord's test set-up, only the
+    # installed entry point brings the fixtures in.
+    (tmp_path / "test_external.py").write_text(EXTERNAL_TEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = strict\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "2 passed" in text
 
 
 @pytest.mark.concord_federation(nodes=2, tenants_per_node=1)
