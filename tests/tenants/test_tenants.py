@@ -370,3 +370,24 @@ async def test_dedicated_tenant_created_at_run_time(
     assert status == 400, got
     assert hs.tenants.get("f.test") is None
     assert not (tmp_path / "tenants" / "f.test.signing.key").exists()
+
+
+async def test_room_quota_through_create_room(node: NodeFn, api_for: ApiFor) -> None:
+    hs = await node(**two_tenants(quotas={"max_rooms": 1}))
+    b = api_for(hs, B)
+    token = (await b.admin_register("bob", "pw"))["access_token"]
+    status, body = await b.call("POST", "/_matrix/client/v3/createRoom", {}, token=token)
+    assert status == 200, body
+    status, body = await b.call("POST", "/_matrix/client/v3/createRoom", {}, token=token)
+    assert (status, body["errcode"]) == (403, "M_RESOURCE_LIMIT_EXCEEDED")
+    assert "limit of 1 rooms" in body["error"]
+    rooms = await hs.database.fetchval(
+        "SELECT COUNT(*) FROM events WHERE tenant = $1 AND type = 'm.room.create'", B
+    )
+    assert rooms == 1
+    # The primary tenant has no room quota.
+    a = api_for(hs, PRIMARY)
+    token_a = (await a.admin_register("alice", "pw"))["access_token"]
+    for _ in range(2):
+        status, body = await a.call("POST", "/_matrix/client/v3/createRoom", {}, token=token_a)
+        assert status == 200, body
