@@ -27,8 +27,8 @@ from federation.clock import Clock, RealClock
 from homeserver import __version__
 from homeserver.auth import Auth
 from homeserver.config import HomeserverConfig, ListenerType
-from homeserver.handlers.accounts import AccountHandler
 from homeserver.federation_sender.node import start_federation_outbound
+from homeserver.handlers.accounts import AccountHandler
 from homeserver.http.listeners import (
     BoundAddress,
     ListenerError,
