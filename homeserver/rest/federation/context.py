@@ -86,13 +86,6 @@ class InboundContext:
             self._by_db[id(db)] = found
         return found
 
-    def _outbox_writer(self) -> Any:
-        for name in ("outbox_writer", "outbox"):
-            writer = getattr(self._hs, name, None)
-            if writer is not None and hasattr(writer, "write_event_txn"):
-                return writer
-        return None
-
     async def peer_seen(self, origin: str) -> None:
         """An authenticated request from ``origin`` proves it is up: end the
         backoff of our queue to it (at most every ``PEER_SEEN_INTERVAL_S``)."""
@@ -174,27 +167,7 @@ class InboundContext:
             from homeserver.federation_sender.node import accepted_event_hook
 
             h.server.on_event_accepted.append(accepted_event_hook(sender, h.db, h.events))
-        sender: Any = getattr(self._hs, "federation_sender", None)
-        if sender is not None:
-            # Joins/leaves accepted for other servers go on to the rest of the room.
-            from homeserver.federation_sender.node import accepted_event_hook
 
-            h.server.on_event_accepted.append(accepted_event_hook(sender, h.db, h.events))
-
-        async def send_on(tenant: str, ev: Event) -> None:
-            # The resident server sends a join/leave it accepted for another
-            # server to the rest of the room (spec "Joining Rooms").
-            writer = self._outbox_writer()
-            if writer is None:
-                logger.warning("No outbox: %s is not sent on to the room", ev.event_id)
-                return
-            async with h.db.transaction("federation_send_on") as txn:
-                dests = await writer.write_event_txn(txn, tenant, ev)
-            sender: Any = getattr(self._hs, "federation_sender", None)
-            if sender is not None and dests:
-                await sender.wake(tenant, dests)
-
-        h.server.on_event_accepted.append(send_on)
         if notifier is not None:
             def wake(tenant: str, evs: Sequence[Event]) -> None:
                 notifier.on_new_events(tenant, evs)
