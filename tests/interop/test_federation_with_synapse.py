@@ -1,0 +1,296 @@
+"""Concord and Synapse in one room, each through its own Client-Server API.
+
+The scenarios of the federation issue, for room versions 10, 11 and 12: a
+Synapse user joins a Concord room and a Concord user joins a Synapse room;
+messages, room name and topic go both ways; invites both ways; leave; and
+backfill of 200 messages. Every wait is a bounded ``/sync`` long-poll on the
+receiving side, never a sleep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from homeserver.server import HomeServer
+from tests.interop.concord import ConcordFactory
+from tests.interop.synapse import MatrixClient, SynapseClient, SynapseUser
+
+pytestmark = pytest.mark.interop
+
+VERSIONS = ["10", "11", "12"]
+
+Event = dict[str, Any]
+
+
+@dataclass
+class Concord:
+    hs: HomeServer
+    client: MatrixClient
+
+    @property
+    def server_name(self) -> str:
+        return self.hs.server_name
+
+
+@pytest.fixture
+async def concord(concord_nodes: ConcordFactory) -> AsyncIterator[Concord]:
+    """A Concord node with open registration and a client for its client listener."""
+    hs = await concord_nodes(extra={"enable_registration": True})
+    async with aiohttp.ClientSession() as session:
+        yield Concord(hs, MatrixClient(hs.base_url("client"), session))
+
+
+def _room_events(resp: dict[str, Any], room_id: str) -> list[Event]:
+    rooms = resp.get("rooms", {})
+    out: list[Event] = []
+    joined = rooms.get("join", {}).get(room_id, {})
+    out += joined.get("state", {}).get("events", [])
+    out += joined.get("timeline", {}).get("events", [])
+    out += rooms.get("invite", {}).get(room_id, {}).get("invite_state", {}).get("events", [])
+    out += rooms.get("leave", {}).get(room_id, {}).get("timeline", {}).get("events", [])
+    return out
+
+
+async def wait_for_event(
+    client: MatrixClient,
+    user: SynapseUser,
+    room_id: str,
+    predicate: Callable[[Event], bool],
+    *,
+    timeout_s: float = 20.0,
+) -> Event:
+    """The first event in ``room_id`` that ``user``'s ``/sync`` shows matching ``predicate``."""
+    found: list[Event] = []
+
+    def match(resp: dict[str, Any]) -> bool:
+        found[:] = [e for e in _room_events(resp, room_id) if predicate(e)]
+        return bool(found)
+
+    await client.wait_for_sync(user, match, timeout_s=timeout_s)
+    return found[0]
+
+
+def is_message(body: str) -> Callable[[Event], bool]:
+    return lambda e: e.get("type") == "m.room.message" and e["content"].get("body") == body
+
+
+def is_member(user_id: str, membership: str) -> Callable[[Event], bool]:
+    return lambda e: (
+        e.get("type") == "m.room.member"
+        and e.get("state_key") == user_id
+        and e["content"].get("membership") == membership
+    )
+
+
+def is_state(event_type: str, key: str, value: str) -> Callable[[Event], bool]:
+    return lambda e: e.get("type") == event_type and e["content"].get(key) == value
+
+
+async def give_power(
+    home: MatrixClient,
+    admin: SynapseUser,
+    guest: MatrixClient,
+    guest_user: SynapseUser,
+    room_id: str,
+) -> None:
+    """Let ``guest_user`` set the name and topic (50 with the public_chat defaults),
+    and wait until the guest's server has the change too."""
+    levels = await home.state_event(admin, room_id, "m.room.power_levels")
+    levels.setdefault("users", {})[guest_user.user_id] = 50
+    await home.send_state(admin, room_id, "m.room.power_levels", levels)
+    await wait_for_event(
+        guest,
+        guest_user,
+        room_id,
+        lambda e: (
+            e.get("type") == "m.room.power_levels"
+            and e["content"].get("users", {}).get(guest_user.user_id) == 50
+        ),
+    )
+
+
+async def exchange_messages_name_and_topic(
+    home: MatrixClient,
+    home_user: SynapseUser,
+    guest: MatrixClient,
+    guest_user: SynapseUser,
+    room_id: str,
+    tag: str,
+) -> None:
+    """Messages, name and topic from each side are seen by the other."""
+    await home.send_message(home_user, room_id, f"{tag}: from the home server")
+    await wait_for_event(guest, guest_user, room_id, is_message(f"{tag}: from the home server"))
+    await guest.send_message(guest_user, room_id, f"{tag}: from the guest")
+    await wait_for_event(home, home_user, room_id, is_message(f"{tag}: from the guest"))
+
+    await give_power(home, home_user, guest, guest_user, room_id)
+    await guest.send_state(guest_user, room_id, "m.room.name", {"name": f"{tag} named by guest"})
+    await wait_for_event(
+        home, home_user, room_id, is_state("m.room.name", "name", f"{tag} named by guest")
+    )
+    await home.send_state(home_user, room_id, "m.room.topic", {"topic": f"{tag} topic by home"})
+    await wait_for_event(
+        guest, guest_user, room_id, is_state("m.room.topic", "topic", f"{tag} topic by home")
+    )
+    # Both end in the same state for these keys.
+    for client, user in ((home, home_user), (guest, guest_user)):
+        assert await client.state_event(user, room_id, "m.room.name") == {
+            "name": f"{tag} named by guest"
+        }
+        assert await client.state_event(user, room_id, "m.room.topic") == {
+            "topic": f"{tag} topic by home"
+        }
+
+
+@pytest.mark.parametrize("room_version", VERSIONS)
+async def test_synapse_user_joins_a_concord_room(
+    synapse_client: SynapseClient, concord: Concord, room_version: str
+) -> None:
+    carol = await concord.client.register_open()
+    room_id = await concord.client.create_room(
+        carol, room_version=room_version, alias_localpart=f"lobby{room_version}", name="Lobby"
+    )
+    await concord.client.send_message(carol, room_id, "before the join")
+    alice = await synapse_client.register()
+
+    joined = await synapse_client.join(alice, f"#lobby{room_version}:{concord.server_name}")
+    assert joined == room_id
+    await wait_for_event(concord.client, carol, room_id, is_member(alice.user_id, "join"))
+    create = await synapse_client.state_event(alice, room_id, "m.room.create")
+    assert create.get("room_version", "1") == room_version
+    history = await synapse_client.all_messages(alice, room_id)
+    assert "before the join" in [e["content"].get("body") for e in history]
+
+    await exchange_messages_name_and_topic(
+        concord.client, carol, synapse_client, alice, room_id, f"v{room_version}"
+    )
+
+
+@pytest.mark.parametrize("room_version", VERSIONS)
+async def test_concord_user_joins_a_synapse_room(
+    synapse_client: SynapseClient, concord: Concord, room_version: str
+) -> None:
+    alice = await synapse_client.register()
+    room_id = await synapse_client.create_room(alice, room_version=room_version, name="Garden")
+    await synapse_client.send_message(alice, room_id, "before the join")
+    carol = await concord.client.register_open()
+
+    # By room ID: v12 IDs name no server, so the server comes from via.
+    joined = await concord.client.join(carol, room_id, via=[synapse_client.server.server_name])
+    assert joined == room_id
+    await wait_for_event(synapse_client, alice, room_id, is_member(carol.user_id, "join"))
+    create = await concord.client.state_event(carol, room_id, "m.room.create")
+    assert create.get("room_version", "1") == room_version
+    history = await concord.client.all_messages(carol, room_id)
+    assert "before the join" in [e["content"].get("body") for e in history]
+
+    await exchange_messages_name_and_topic(
+        synapse_client, alice, concord.client, carol, room_id, f"v{room_version}"
+    )
+
+
+@pytest.mark.parametrize("room_version", VERSIONS)
+async def test_concord_invites_a_synapse_user_who_joins_then_leaves(
+    synapse_client: SynapseClient, concord: Concord, room_version: str
+) -> None:
+    alice = await synapse_client.register()
+    carol = await concord.client.register_open()
+    room_id = await concord.client.create_room(
+        carol, room_version=room_version, preset="private_chat"
+    )
+    await concord.client.invite(carol, room_id, alice.user_id)
+    invite = await wait_for_event(
+        synapse_client, alice, room_id, is_member(alice.user_id, "invite")
+    )
+    assert invite["sender"] == carol.user_id
+    # private_chat: only the invite lets her in.
+    await synapse_client.join(alice, room_id, via=[concord.server_name])
+    await wait_for_event(concord.client, carol, room_id, is_member(alice.user_id, "join"))
+    await synapse_client.leave(alice, room_id)
+    await wait_for_event(concord.client, carol, room_id, is_member(alice.user_id, "leave"))
+
+
+@pytest.mark.parametrize("room_version", VERSIONS)
+async def test_synapse_invites_a_concord_user_who_joins_then_leaves(
+    synapse_client: SynapseClient, concord: Concord, room_version: str
+) -> None:
+    alice = await synapse_client.register()
+    carol = await concord.client.register_open()
+    room_id = await synapse_client.create_room(
+        alice, room_version=room_version, preset="private_chat"
+    )
+    # Synapse answers only after Concord countersigned the invite (invite v2).
+    await synapse_client.invite(alice, room_id, carol.user_id)
+    await concord.client.join(carol, room_id, via=[synapse_client.server.server_name])
+    await wait_for_event(synapse_client, alice, room_id, is_member(carol.user_id, "join"))
+    await concord.client.leave(carol, room_id)
+    await wait_for_event(synapse_client, alice, room_id, is_member(carol.user_id, "leave"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Concord's /sync derives memberships from room state, and an invite received "
+    "over federation is stored as an outlier (and in the invites table), so it is not "
+    "listed under rooms.invite yet",
+)
+async def test_concord_sync_lists_an_invite_from_synapse(
+    synapse_client: SynapseClient, concord: Concord
+) -> None:
+    alice = await synapse_client.register()
+    carol = await concord.client.register_open()
+    room_id = await synapse_client.create_room(alice, room_version="11", preset="private_chat")
+    await synapse_client.invite(alice, room_id, carol.user_id)
+    # Synapse answered the invite only after Concord stored it, so an initial
+    # sync must already list it: no waiting needed.
+    resp = await concord.client.sync(carol)
+    invite_state = resp["rooms"]["invite"][room_id]["invite_state"]["events"]
+    assert any(is_member(carol.user_id, "invite")(e) for e in invite_state)
+
+
+BACKFILL_MESSAGES = 200
+
+
+async def send_many(client: MatrixClient, user: SynapseUser, room_id: str, n: int) -> list[str]:
+    """``n`` messages one after the other, so the history is one line of events.
+
+    (Sent concurrently, Synapse forks the graph; Concord then backfills only part
+    of it, see docs/development/interop.md.)
+    """
+    return [await client.send_message(user, room_id, f"old {i}") for i in range(n)]
+
+
+def message_ids(events: list[Event]) -> list[str]:
+    return [e["event_id"] for e in events if e["type"] == "m.room.message"]
+
+
+async def test_synapse_backfills_200_messages_from_concord(
+    synapse_client: SynapseClient, concord: Concord
+) -> None:
+    carol = await concord.client.register_open()
+    room_id = await concord.client.create_room(carol, room_version="11", alias_localpart="history")
+    sent = await send_many(concord.client, carol, room_id, BACKFILL_MESSAGES)
+    alice = await synapse_client.register()
+    await synapse_client.join(alice, f"#history:{concord.server_name}")
+
+    # Paging back makes Synapse backfill from Concord.
+    theirs = message_ids(await synapse_client.all_messages(alice, room_id))
+    assert theirs == sent
+    assert message_ids(await concord.client.all_messages(carol, room_id)) == sent
+
+
+async def test_concord_backfills_200_messages_from_synapse(
+    synapse_client: SynapseClient, concord: Concord
+) -> None:
+    alice = await synapse_client.register()
+    room_id = await synapse_client.create_room(alice, room_version="11")
+    sent = await send_many(synapse_client, alice, room_id, BACKFILL_MESSAGES)
+    carol = await concord.client.register_open()
+    await concord.client.join(carol, room_id, via=[synapse_client.server.server_name])
+
+    ours = message_ids(await concord.client.all_messages(carol, room_id))
+    assert ours == sent
