@@ -1,7 +1,7 @@
 """Concord's protocol core against Synapse: a join built by ``federation/`` is accepted.
 
-Concord's join handler is not written yet, so this test does by hand what it
-will do (Server-Server API "Joining Rooms"): ``make_join`` with every room
+Independently of Concord's join handler, this test does by hand what a join
+does (Server-Server API "Joining Rooms"): ``make_join`` with every room
 version we support, fill in the template, hash and sign it with
 :func:`federation.signing.add_hashes_and_signatures`, compute its ID with
 :func:`federation.hashes.compute_event_id`, and ``send_join`` (v2). Synapse
