@@ -229,6 +229,17 @@ class FederationConfig:
             }
         ],
     )
+    trusted_servers: tuple[str, ...] | None = _opt(
+        "The trust domain: the only servers this node federates with (server-name "
+        "patterns: `example.org` on any port, `example.org:8448` on that port, "
+        "`*.example.org` one label, `**.example.org` one or more labels, `*` every "
+        "server). Requests from other servers are refused with 403 M_FORBIDDEN and "
+        "nothing is sent to them. Unset: open federation. Reloaded on SIGHUP; the admin "
+        "API can override it (docs/usage/trust_domain.md).",
+        default=None,
+        default_doc="unset (open federation)",
+        example=["example.org", "*.example.org", "partner.test:8448"],
+    )
     destination_overrides: Mapping[str, str] = _opt(
         "TEST SETUPS ONLY: send outbound federation for a server name to a fixed base "
         "URL (server name → `http(s)://HOST:PORT`) instead of resolving the name. The "
@@ -359,6 +370,13 @@ class TenantConfig:
     )
     quotas: QuotasConfig = _opt(
         "The tenant's quotas.", default=QuotasConfig(), example={"max_users": 100}
+    )
+    trusted_servers: tuple[str, ...] | None = _opt(
+        "The tenant's own trust domain, replacing `federation.trusted_servers` for it "
+        "(same patterns; `[\"*\"]` for open federation). Unset: the node-wide setting.",
+        default=None,
+        default_doc="unset (`federation.trusted_servers` applies)",
+        example=["*.acme.example"],
     )
 
 
@@ -873,6 +891,10 @@ def _check_semantics(loader: _Loader, cfg: HomeserverConfig) -> HomeserverConfig
             if not isinstance(key, str) or not _B64_RE.match(key):
                 loader.problem(where, "expected an unpadded base64 ed25519 public key")
 
+    _check_trusted_servers(loader, "federation.trusted_servers", cfg.federation.trusted_servers)
+    for i, t in enumerate(cfg.tenants):
+        _check_trusted_servers(loader, f"tenants[{i}].trusted_servers", t.trusted_servers)
+
     for name, url in cfg.federation.destination_overrides.items():
         where = f"federation.destination_overrides.{name}"
         if not valid_server_name(str(name)):
@@ -898,6 +920,16 @@ def _check_semantics(loader: _Loader, cfg: HomeserverConfig) -> HomeserverConfig
         registration_shared_secret=secret,
         tenants=tenants,
     )
+
+
+def _check_trusted_servers(loader: _Loader, where: str, patterns: tuple[str, ...] | None) -> None:
+    from federation.trust import TrustPatternError, parse_pattern
+
+    for i, text in enumerate(patterns or ()):
+        try:
+            parse_pattern(text)
+        except TrustPatternError as e:
+            loader.problem(f"{where}[{i}]", str(e))
 
 
 def tenant_key_file_name(server_name: str) -> str:
