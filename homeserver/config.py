@@ -249,6 +249,16 @@ class FederationConfig:
         default=types.MappingProxyType({}),
         example={"hs2.test": "http://127.0.0.1:18448"},
     )
+    max_request_size: int = _opt(
+        "Largest request body the federation listener accepts (a size), when smaller "
+        "than the top-level `max_request_size`. A transaction holds at most 50 PDUs "
+        "of 64 KiB and 100 EDUs; larger bodies are refused with 413 M_TOO_LARGE.",
+        default=8 * 1024 * 1024,
+        kind="size",
+        minimum=1024,
+        default_doc='"8M"',
+        example="4M",
+    )
 
 
 @dataclass(frozen=True)
@@ -326,6 +336,46 @@ class RatelimitingConfig:
         default=5,
         minimum=1,
         example=3,
+    )
+    federation_send_per_second: float = _opt(
+        "Inbound federation transactions (`PUT /send`) refilled per second for each "
+        "origin server.",
+        default=30.0,
+        minimum=0.0001,
+        example=10,
+    )
+    federation_send_burst: int = _opt(
+        "Transactions an origin server may send at once before being limited "
+        "(429 M_LIMIT_EXCEEDED with `retry_after_ms`, which senders wait out).",
+        default=300,
+        minimum=1,
+        example=100,
+    )
+    federation_join_per_second: float = _opt(
+        "Federation membership requests (`make_join`, `send_join`, `make_leave`, "
+        "`send_leave`, `invite`) refilled per second for each origin server.",
+        default=2.0,
+        minimum=0.0001,
+        example=0.5,
+    )
+    federation_join_burst: int = _opt(
+        "Membership requests an origin server may make at once before being limited.",
+        default=50,
+        minimum=1,
+        example=20,
+    )
+    federation_query_per_second: float = _opt(
+        "Federation queries (`query/directory`, `query/profile`, `publicRooms`) "
+        "refilled per second for each origin server.",
+        default=10.0,
+        minimum=0.0001,
+        example=2,
+    )
+    federation_query_burst: int = _opt(
+        "Queries an origin server may make at once before being limited.",
+        default=100,
+        minimum=1,
+        example=20,
     )
 
 
@@ -508,7 +558,8 @@ class HomeserverConfig:
         example={"max_users": 1000},
     )
     ratelimiting: RatelimitingConfig = _opt(
-        "Rate limits on login attempts, per IP address and per account.",
+        "Rate limits (token buckets): login attempts per IP address and per account; "
+        "inbound federation requests per origin server.",
         default=RatelimitingConfig(),
         example={"login_per_address_burst": 5},
     )

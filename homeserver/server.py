@@ -242,12 +242,15 @@ class HomeServer:
     ) -> None:
         for cfg in self.config.listeners:
             fns = [_bind_hs(fn, self) for fn in registrars.get(cfg.type, ())]
+            max_size = self.config.max_request_size
+            if cfg.type == "federation":
+                max_size = min(max_size, self.config.federation.max_request_size)
             app = build_app(
                 cfg.type,
                 register=fns,
                 metrics=self.metrics,
                 clock=self.clock,
-                max_request_size=self.config.max_request_size,
+                max_request_size=max_size,
             )
             try:
                 running = await start_listener(

@@ -35,6 +35,7 @@ from federation.keyring import Keyring
 from federation.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, get_room_version
 from homeserver.handlers.event_receipt import Outcome
 from homeserver.handlers.missing_events import MissingEventsFetcher
+from homeserver.handlers.room_acl import RoomServerAcls
 from storage.stores.events import EventStore
 from storage.stores.federation_inbound import FederationInboundStore
 
@@ -69,8 +70,12 @@ class TransactionHandler:
         keyring: Keyring,
         fetcher: MissingEventsFetcher,
         clock: Clock,
+        acls: RoomServerAcls | None = None,
     ) -> None:
         self._events = events
+        # Spec "Server Access Control Lists": applied per PDU and to the
+        # room-scoped EDUs (m.typing, m.receipt).
+        self._acls = acls if acls is not None else RoomServerAcls(events)
         self._store = store
         self._keyring = keyring
         self._fetcher = fetcher
@@ -165,6 +170,11 @@ class TransactionHandler:
             if error is not None or rv is None:
                 results[event_id] = {"error": error or "unknown room version"}
                 continue
+            room_id = pdu["room_id"]
+            if not await self._acls.allows(tenant, room_id, origin):
+                logger.info("RX [%s] %s refused: server ACL of %s", origin, event_id, room_id)
+                results[event_id] = {"error": f"{origin} is denied by the server ACL of {room_id}"}
+                continue
             results[event_id] = await self._process_pdu(tenant, origin, event_id, pdu, rv)
         return results
 
@@ -217,11 +227,37 @@ class TransactionHandler:
             if edu_type not in _IGNORED_EDUS:
                 logger.debug("RX [%s] EDU %s ignored", origin, edu_type)
             return
+        allowed = await self._acl_filter_edu(tenant, origin, edu_type, content)
+        if allowed is None:
+            return
+        content = allowed
         try:
             await handler(tenant, origin, content)
         except Exception:
             # An EDU is best effort: never fail the transaction for one.
             logger.exception("RX [%s] EDU %s failed", origin, edu_type)
+
+    async def _acl_filter_edu(
+        self, tenant: str, origin: str, edu_type: str, content: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The EDU's content without what the rooms' ACLs deny ``origin``
+        (``None``: nothing is left). Only ``m.typing`` and ``m.receipt`` are
+        room-scoped among the EDUs we act on."""
+        if edu_type == "m.typing":
+            room_id = content.get("room_id")
+            if isinstance(room_id, str) and not await self._acls.allows(tenant, room_id, origin):
+                logger.info("RX [%s] m.typing for %s ignored: server ACL", origin, room_id)
+                return None
+            return content
+        if edu_type == "m.receipt":
+            kept = {}
+            for room_id, by_type in content.items():
+                if await self._acls.allows(tenant, room_id, origin):
+                    kept[room_id] = by_type
+                else:
+                    logger.info("RX [%s] m.receipt for %s ignored: server ACL", origin, room_id)
+            return kept or None
+        return content
 
     async def _on_typing(self, tenant: str, origin: str, content: Mapping[str, Any]) -> None:
         """``m.typing`` (spec "Typing Notifications"): the user must be the origin's."""

@@ -38,6 +38,7 @@ from federation.redaction import redact
 from federation.room_versions import RoomVersion, get_room_version
 from homeserver.handlers.event_creation import MAX_PREV_EVENTS
 from homeserver.handlers.event_receipt import EventReceiptHandler, Outcome
+from homeserver.handlers.room_acl import RoomServerAcls
 from homeserver.handlers.server_visibility import ServerVisibility, server_of
 from storage.database import Database
 from storage.stores.events import EventStore, NewEvent
@@ -50,6 +51,13 @@ logger = logging.getLogger(__name__)
 CREATE_KEY = ("m.room.create", "")
 MAX_BACKFILL = 100
 MAX_MISSING_EVENTS = 50
+#: Most event IDs a backfill (``v``) or get_missing_events (``earliest_events``,
+#: ``latest_events``) request may name; real peers send their few extremities.
+MAX_REQUEST_EVENT_IDS = 100
+#: Most events one backfill/get_missing_events walk may load: rejected events
+#: are walked through without counting towards ``limit``, so ``limit`` alone
+#: does not bound the work a request can cause.
+MAX_WALK_VISITS = 1000
 
 #: Called with ``(tenant, event)`` for an event this server accepted on
 #: another server's behalf (``send_join``/``send_leave``), which the spec says
@@ -109,6 +117,7 @@ class FederationServer:
         aliases: AliasLookup | None = None,
         profiles: ProfileLookup | None = None,
         published: PublishedRooms | None = None,
+        acls: RoomServerAcls | None = None,
     ) -> None:
         self._db = db
         self._events = events
@@ -121,6 +130,8 @@ class FederationServer:
         self._aliases = aliases
         self._profiles = profiles
         self._published = published
+        #: The rooms' m.room.server_acl, applied to every room-scoped request.
+        self._acls = acls if acls is not None else RoomServerAcls(events)
         #: Run after send_join/send_leave accepted an event (outbound sending).
         self.on_event_accepted: list[EventHook] = []
         #: Run after an invite for a local user was recorded (client /sync).
@@ -147,6 +158,7 @@ class FederationServer:
         stored = await self._events.get_event(tenant, event_id)
         if stored is None or stored.rejected_reason is not None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Event {event_id} not found")
+        await self._acls.check(tenant, stored.event.room_id, origin)
         await self._visibility.check_room(tenant, stored.event.room_id, origin)
         shown = await self._visibility.filter_events(tenant, [stored.event], origin)
         return self._transaction(tenant, shown)
@@ -155,6 +167,7 @@ class FederationServer:
         self, tenant: str, origin: str, room_id: str, event_id: str | None
     ) -> tuple[list[str], list[str]]:
         """State before ``event_id`` and its auth chain, as event IDs."""
+        await self._acls.check(tenant, room_id, origin)
         await self._visibility.check_room(tenant, room_id, origin)
         if not event_id:
             raise MatrixError(400, Codes.MISSING_PARAM, "event_id is required")
@@ -206,6 +219,7 @@ class FederationServer:
         self, tenant: str, origin: str, room_id: str, event_id: str
     ) -> dict[str, Any]:
         """``GET /event_auth/{roomId}/{eventId}``: the event's full auth chain."""
+        await self._acls.check(tenant, room_id, origin)
         await self._visibility.check_room(tenant, room_id, origin)
         stored = await self._events.get_event(tenant, event_id)
         if stored is None or stored.event.room_id != room_id:
@@ -245,7 +259,9 @@ class FederationServer:
             seen.update(start)
             await push([p for e in starts.values() if e.room_id == room_id
                         for p in e.prev_event_ids])
-        while heap and len(out) < limit:
+        visits = 0
+        while heap and len(out) < limit and visits < MAX_WALK_VISITS:
+            visits += 1
             _, eid = heapq.heappop(heap)
             stored = await self._events.get_event(tenant, eid)
             if stored is None:
@@ -259,9 +275,14 @@ class FederationServer:
         self, tenant: str, origin: str, room_id: str, v: Sequence[str], limit: int
     ) -> dict[str, Any]:
         """``GET /backfill/{roomId}?v=&limit=``: events before and including ``v``."""
+        await self._acls.check(tenant, room_id, origin)
         await self._visibility.check_room(tenant, room_id, origin)
         if not v:
             raise MatrixError(400, Codes.MISSING_PARAM, "at least one v is required")
+        if len(v) > MAX_REQUEST_EVENT_IDS:
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, f"at most {MAX_REQUEST_EVENT_IDS} v are allowed"
+            )
         if limit < 1:
             raise MatrixError(400, Codes.INVALID_PARAM, "limit must be positive")
         found = await self._walk_back(
@@ -275,12 +296,18 @@ class FederationServer:
     ) -> dict[str, Any]:
         """``POST /get_missing_events/{roomId}``: the prev_events of
         ``latest_events``, back to ``earliest_events``, oldest first."""
+        await self._acls.check(tenant, room_id, origin)
         await self._visibility.check_room(tenant, room_id, origin)
         earliest, latest = body.get("earliest_events"), body.get("latest_events")
         limit, min_depth = body.get("limit", 10), body.get("min_depth", 0)
         for name, value in (("earliest_events", earliest), ("latest_events", latest)):
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 raise MatrixError(400, Codes.BAD_JSON, f"{name} must be an array of event IDs")
+            if len(value) > MAX_REQUEST_EVENT_IDS:
+                raise MatrixError(
+                    400, Codes.INVALID_PARAM,
+                    f"{name} may name at most {MAX_REQUEST_EVENT_IDS} events",
+                )
         for name, value in (("limit", limit), ("min_depth", min_depth)):
             if type(value) is not int:
                 raise MatrixError(400, Codes.BAD_JSON, f"{name} must be an integer")
@@ -310,6 +337,7 @@ class FederationServer:
         if not is_valid_user_id(user_id) or server_of(user_id) != origin:
             raise MatrixError(403, Codes.FORBIDDEN, f"{user_id} is not a user of {origin}")
         rv = await self._room_version(tenant, room_id)
+        await self._acls.check(tenant, room_id, origin)
         if versions is not None and rv.identifier not in versions:
             raise MatrixError(
                 400, Codes.INCOMPATIBLE_ROOM_VERSION,
@@ -371,6 +399,8 @@ class FederationServer:
         if not isinstance(pdu, dict):
             raise MatrixError(400, Codes.BAD_JSON, "the body must be the event")
         rv = await self._room_version(tenant, room_id)
+        # Before the signature checks: a denied server gets no key fetches.
+        await self._acls.check(tenant, room_id, origin)
         try:
             verified = await self._keyring.verify_pdu(pdu, rv)
         except MatrixError as e:
@@ -474,6 +504,8 @@ class FederationServer:
                 f"This server does not support room version {version}",
                 extra={"room_version": version},
             ) from None
+        # A room we are in has its ACL here; of one we are not in we know none.
+        await self._acls.check(tenant, room_id, origin)
         state = body.get("invite_room_state", [])
         if not isinstance(state, list) or not all(isinstance(s, dict) for s in state):
             raise _invalid("invite_room_state must be an array of events")
@@ -541,8 +573,11 @@ class FederationServer:
 
     # -- queries ------------------------------------------------------------------------------
 
-    async def query_directory(self, tenant: str, room_alias: str | None) -> dict[str, Any]:
-        """``GET /query/directory?room_alias=``."""
+    async def query_directory(
+        self, tenant: str, room_alias: str | None, origin: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /query/directory?room_alias=``; refused (403) to an ``origin``
+        the room's server ACL denies, which could not join it anyway."""
         if not room_alias:
             raise MatrixError(400, Codes.MISSING_PARAM, "room_alias is required")
         if not room_alias.startswith("#") or ":" not in room_alias:
@@ -553,6 +588,8 @@ class FederationServer:
         if entry is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Room alias not found")
         room_id = str(entry.room_id)
+        if origin is not None:
+            await self._acls.check(tenant, room_id, origin)
         servers = await self._visibility.joined_servers(tenant, room_id)
         # Ourselves first: we answered, so we are the likeliest to be resident.
         ordered = [tenant] + [s for s in servers if s != tenant]

@@ -20,9 +20,11 @@ from homeserver.handlers.event_receipt import EventReceiptHandler
 from homeserver.handlers.federation_receiver import TransactionHandler
 from homeserver.handlers.federation_server import FederationServer
 from homeserver.handlers.missing_events import MissingEventsFetcher
+from homeserver.handlers.room_acl import RoomServerAcls
 from homeserver.handlers.server_visibility import ServerVisibility
 from homeserver.http.x_matrix import authenticated_origin, request_destination
 from homeserver.keys import KeyService, key_service_for
+from homeserver.ratelimit import Ratelimiter
 from storage.database import Database
 from storage.stores.events import EventStore
 from storage.stores.federation_inbound import FederationInboundStore
@@ -40,6 +42,10 @@ __all__ = ["InboundContext", "InboundHandlers"]
 logger = logging.getLogger(__name__)
 
 PEER_SEEN_INTERVAL_S = 10.0
+
+#: The kinds of federation request limited per origin server (``ratelimiting.
+#: federation_<kind>_per_second`` / ``_burst``), and what a 429 calls them.
+RATELIMITED = {"send": "transactions", "join": "membership requests", "query": "queries"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,15 @@ class InboundContext:
         self._keys = keys
         self._by_db: dict[int, InboundHandlers] = {}
         self._seen: dict[str, float] = {}
+        rc = hs.config.ratelimiting
+        self._limiters = {
+            kind: Ratelimiter(
+                hs.clock,
+                per_second=getattr(rc, f"federation_{kind}_per_second"),
+                burst=getattr(rc, f"federation_{kind}_burst"),
+            )
+            for kind in RATELIMITED
+        }
 
     @classmethod
     def for_homeserver(cls, hs: HomeServer) -> InboundContext:
@@ -74,6 +89,12 @@ class InboundContext:
     def tenant(request: web.Request) -> str:
         """The hosted server name the request was addressed to (X-Matrix destination)."""
         return request_destination(request)
+
+    def ratelimit(self, kind: str, origin: str) -> None:
+        """Take one token of ``origin``'s ``kind`` bucket, or raise 429
+        ``M_LIMIT_EXCEEDED`` with ``retry_after_ms`` (per origin server, across
+        tenants: the node bears the load)."""
+        self._limiters[kind].check(origin, what=f"federation {RATELIMITED[kind]} from {origin}")
 
     def _database_for(self, tenant: str) -> Database:
         return self._hs.database
@@ -115,14 +136,17 @@ class InboundContext:
         store = FederationInboundStore(db)
         receipt = EventReceiptHandler(db, events)
         visibility = ServerVisibility(events)
+        acls = RoomServerAcls(events)
         fetcher = MissingEventsFetcher(db, events, receipt, keys.keyring, keys.client)
-        transactions = TransactionHandler(events, store, keys.keyring, fetcher, hs.clock)
+        transactions = TransactionHandler(
+            events, store, keys.keyring, fetcher, hs.clock, acls=acls
+        )
         server = FederationServer(
             db=db, events=events, receipt=receipt, visibility=visibility,
             keyring=keys.keyring, store=store, clock=hs.clock,
             signing_key_for=lambda name: keys.signing_keys(name)[0],
             aliases=RoomAliasStore(db), profiles=ProfileStore(db),
-            published=RoomDirectoryStore(db),
+            published=RoomDirectoryStore(db), acls=acls,
         )
         handlers = InboundHandlers(db, events, store, visibility, fetcher, transactions, server)
         self._wire(handlers)

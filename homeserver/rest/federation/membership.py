@@ -23,7 +23,10 @@ class _Base(Servlet):
         self._ctx = ctx
 
     def _who(self, request: web.Request) -> tuple[str, str]:
-        return self._ctx.tenant(request), self._ctx.origin(request)
+        tenant, origin = self._ctx.tenant(request), self._ctx.origin(request)
+        # Every servlet here is a membership request: one token each.
+        self._ctx.ratelimit("join", origin)
+        return tenant, origin
 
 
 class MakeJoinServlet(_Base):

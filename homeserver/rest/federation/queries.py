@@ -22,23 +22,28 @@ class _Base(Servlet):
     def __init__(self, ctx: InboundContext) -> None:
         self._ctx = ctx
 
+    def _who(self, request: web.Request) -> tuple[str, str]:
+        tenant, origin = self._ctx.tenant(request), self._ctx.origin(request)
+        self._ctx.ratelimit("query", origin)
+        return tenant, origin
+
 
 class QueryDirectoryServlet(_Base):
     PATTERNS = (V1 + "/query/directory",)
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
-        tenant = self._ctx.tenant(request)
-        self._ctx.origin(request)
+        tenant, origin = self._who(request)
         server = self._ctx.handlers(tenant).server
-        return 200, await server.query_directory(tenant, request.query.get("room_alias"))
+        return 200, await server.query_directory(
+            tenant, request.query.get("room_alias"), origin
+        )
 
 
 class QueryProfileServlet(_Base):
     PATTERNS = (V1 + "/query/profile",)
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
-        tenant = self._ctx.tenant(request)
-        self._ctx.origin(request)
+        tenant, _ = self._who(request)
         server = self._ctx.handlers(tenant).server
         return 200, await server.query_profile(
             tenant, request.query.get("user_id"), request.query.get("field")
@@ -62,16 +67,14 @@ class PublicRoomsServlet(_Base):
     PATTERNS = (V1 + "/publicRooms",)
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
-        tenant = self._ctx.tenant(request)
-        self._ctx.origin(request)
+        tenant, _ = self._who(request)
         server = self._ctx.handlers(tenant).server
         return 200, await server.public_rooms(
             tenant, limit=_limit(request.query.get("limit")), since=request.query.get("since")
         )
 
     async def on_POST(self, request: web.Request) -> tuple[int, JsonDict]:
-        tenant = self._ctx.tenant(request)
-        self._ctx.origin(request)
+        tenant, _ = self._who(request)
         body = await read_json_body(request, allow_empty=True)
         since = body.get("since")
         if since is not None and not isinstance(since, str):
