@@ -31,6 +31,7 @@ from federation.errors import Codes, MatrixError
 __all__ = [
     "CANONICAL_INT_MAX",
     "CANONICAL_INT_MIN",
+    "MAX_JSON_DEPTH",
     "check_canonical_values",
     "encode_canonical_json",
     "parse_json_strict",
@@ -38,6 +39,14 @@ __all__ = [
 
 CANONICAL_INT_MAX = 2**53 - 1
 CANONICAL_INT_MIN = -(2**53) + 1
+
+#: Deepest nesting of arrays and objects accepted from a peer (the top-level
+#: value counts as 1). The spec sets no limit, but every recursive walk over an
+#: event (redaction, hashing, format checks) costs a Python stack frame per
+#: level: without a bound, a body nested ~1000 deep would raise RecursionError
+#: deep inside a handler instead of a clean 400. Real events nest a few levels;
+#: a transaction adds three (body, ``pdus``, the PDU).
+MAX_JSON_DEPTH = 100
 
 # Longest decimal literal that can be in range: "-9007199254740991" is 17 chars.
 # Checking the length first keeps a 10,000-digit literal from ever being
@@ -100,7 +109,8 @@ def parse_json_strict(data: bytes | str) -> Any:
     and ``MatrixError(400, M_BAD_JSON)`` for JSON the spec forbids: floats
     (including ``1e10`` and ``1.0``), integers outside
     ``[-(2**53)+1, (2**53)-1]``, ``NaN``/``Infinity``, duplicate keys, invalid
-    UTF-8 and lone surrogates. The message names the JSON path.
+    UTF-8, lone surrogates, and nesting deeper than :data:`MAX_JSON_DEPTH`.
+    The message names the JSON path.
     """
     if isinstance(data, bytes | bytearray | memoryview):
         try:
@@ -114,18 +124,66 @@ def parse_json_strict(data: bytes | str) -> Any:
     try:
         value = _strict_decoder.decode(text)
     except _Reject:
+        if _too_deep_text(text):
+            raise _nested_too_deeply() from None
         _explain_rejection(text)
     except json.JSONDecodeError as e:
         raise MatrixError(
             400, Codes.NOT_JSON, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
         ) from None
     except RecursionError:
-        raise MatrixError(400, Codes.BAD_JSON, "JSON nested too deeply") from None
+        raise _nested_too_deeply() from None
+    # Nesting needs at least as many brackets as levels: the walk is skipped
+    # for small bodies, and counts containers only (leaves are never pushed).
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(value):
+        raise _nested_too_deeply()
     if _SURROGATE_ESCAPE.search(text):
         problem = _find_lone_surrogate(value, "")
         if problem is not None:
             raise MatrixError(400, Codes.BAD_JSON, problem)
     return value
+
+
+def _nested_too_deeply() -> MatrixError:
+    return MatrixError(
+        400, Codes.BAD_JSON, f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    )
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether arrays/objects in ``value`` nest deeper than MAX_JSON_DEPTH (no recursion)."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if type(node) is dict else node
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth >= MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep_text(text: str) -> bool:
+    """As :func:`_too_deep`, for text the strict parser refused (before the
+    explaining pass recurses over it): brackets outside strings, counted."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for token in _BRACKETS_AND_STRINGS.finditer(text):
+        ch = token.group()
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+_BRACKETS_AND_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 # --- the slow path: say where the problem is --------------------------------

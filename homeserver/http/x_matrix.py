@@ -16,7 +16,6 @@ for with :func:`request_destination`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from federation.canonical_json import parse_json_strict
 from federation.clock import Clock
 from federation.errors import Codes, MatrixError
 from federation.keyring import Keyring
@@ -78,10 +78,10 @@ async def _json_content(request: web.Request) -> Any:
         raise MatrixError(413, Codes.TOO_LARGE, "Request body too large") from None
     if not raw.strip():
         return None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise MatrixError(400, Codes.NOT_JSON, "Content not JSON") from None
+    # The strict parser: what the servlet would refuse anyway is refused here
+    # (400 M_NOT_JSON / M_BAD_JSON), and a depth bomb never reaches a
+    # recursive walk (the signature check re-encodes the content).
+    return parse_json_strict(raw)
 
 
 def x_matrix_middleware(
