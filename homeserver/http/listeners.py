@@ -21,6 +21,7 @@ from homeserver.http.middleware import (
     cors_middleware,
     observe_middleware,
 )
+from homeserver.http.security_headers import security_headers_middleware
 from homeserver.metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["BoundAddress", "ListenerError", "RunningListener", "build_app", "start_listener"]
@@ -60,7 +61,7 @@ def build_app(
 ) -> web.Application:
     middlewares = [observe_middleware(listener=listener_type, metrics=metrics, clock=clock)]
     if listener_type == "client":
-        middlewares.append(cors_middleware())
+        middlewares += [security_headers_middleware(), cors_middleware()]
     middlewares += [error_middleware(), body_limit_middleware(max_request_size)]
     app = web.Application(middlewares=middlewares, client_max_size=max_request_size)
     if listener_type == "metrics":
