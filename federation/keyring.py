@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -231,6 +231,13 @@ class Keyring:
         # it reads the cache knows a fresh answer just arrived.
         self._generations: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The trust domain (docs/usage/trust_domain.md): keys of a server it
+        #: refuses are never fetched (lookups find nothing), and a notary it
+        #: refuses is never asked. ``None``: every server.
+        self.server_filter: Callable[[str], bool] | None = None
+
+    def _trusted(self, server_name: str) -> bool:
+        return self.server_filter is None or self.server_filter(server_name)
 
     # -- our own keys ------------------------------------------------------------
 
@@ -267,6 +274,10 @@ class Keyring:
                 for k in want
                 if (v := local.get(k)) is not None and v.valid_at(for_ts, allow_old=allow_old)
             }
+
+        if not self._trusted(server_name):
+            logger.info("KEYS [%s] not looked up: outside the trust domain", server_name)
+            return {}
 
         generation = self._generations.get(server_name, 0)
         found, missing = await self._from_cache(server_name, want, for_ts, allow_old)
@@ -361,6 +372,11 @@ class Keyring:
         remaining = set(key_ids)
         fetch_all = not remaining
         for fetcher in fetchers:
+            notary = getattr(fetcher, "notary_name", None)
+            if isinstance(notary, str) and not self._trusted(notary):
+                logger.info("KEYS [%s] not asking %s: outside the trust domain",
+                            server_name, fetcher.name)
+                continue
             try:
                 keys = await fetcher.fetch(server_name, remaining, minimum_valid_until_ts)
             except Exception as e:
@@ -476,6 +492,8 @@ class Keyring:
         another notary), and fall back to what the cache has. Empty when
         nothing is known. The caller adds its own signature.
         """
+        if not self._trusted(server_name):
+            return []
         wanted = set(key_ids) or None
         now = self._clock.time_ms()
         cached = await self._cache.get_server_keys(server_name, wanted)
@@ -582,6 +600,8 @@ class NotaryKeyFetcher:
         self._notary = notary
         self._timeout = timeout
         self.name = f"notary {notary.server_name}"
+        #: The notary asked (the keyring skips one outside the trust domain).
+        self.notary_name = notary.server_name
 
     async def fetch(
         self, server_name: str, key_ids: Collection[str], minimum_valid_until_ts: int

@@ -36,6 +36,7 @@ from homeserver.http.listeners import (
     build_app,
     start_listener,
 )
+from homeserver.key_rotation import wire_key_rotation
 from homeserver.keys import KeyService
 from homeserver.metrics import Metrics
 from homeserver.passwords import PasswordHasher
@@ -44,6 +45,7 @@ from homeserver.ratelimit import Ratelimiter
 from homeserver.rest import REGISTRARS, Registrar
 from homeserver.signing_key import SigningKeyError, key_id_of, read_signing_key_file
 from homeserver.tenants import TenantError, TenantRegistry
+from homeserver.trust_domain import TrustDomain, attach_sender, install_trust
 from storage.database import Database
 from storage.errors import StorageError
 from storage.migrations import apply_migrations
@@ -93,6 +95,8 @@ class HomeServer:
         self.keys: KeyService | None = None
         #: Every hosted server name and the resolver to its database (set by start).
         self.tenants: TenantRegistry = None  # type: ignore[assignment]
+        #: Who each hosted name federates with (docs/usage/trust_domain.md; set by start).
+        self.trust: TrustDomain | None = None
         #: Access tokens to Requesters, against the request's tenant.
         self.auth = Auth()
         #: Per-tenant quota checks (homeserver/quotas.py says who calls what).
@@ -219,8 +223,12 @@ class HomeServer:
                 raise StartupError(str(e)) from None
             await hs.keys.start()
             hs.tenants.start_refreshing()
+            # Before outbound federation starts: nothing leaves unchecked.
+            trust = await install_trust(hs)
+            wire_key_rotation(hs)
             # Outbound federation: hs.federation_sender and hs.remote_rooms.
             await start_federation_outbound(hs)
+            attach_sender(trust, getattr(hs, "federation_sender", None))
             await hs._start_listeners(REGISTRARS if registrars is None else registrars)
         except BaseException:
             if hs is not None:

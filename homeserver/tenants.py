@@ -462,6 +462,12 @@ class TenantRegistry:
             self._keys[tenant.server_name] = keys
         return list(keys)
 
+    def set_signing_keys(self, server_name: str, keys: list[Any]) -> None:
+        """Sign as ``server_name`` with ``keys`` from now on (key rotation,
+        docs/usage/key_rotation.md)."""
+        if server_name in self._tenants:
+            self._keys[server_name] = list(keys)
+
     # -- changes
 
     def on_added(self, fn: TenantListener) -> None:

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -129,6 +129,10 @@ class FederationClient:
         self.discovery = discovery
         self._max_per_destination = max_concurrent_per_destination
         self._slots: dict[str, asyncio.Semaphore] = {}
+        #: ``guard(origin, destination, path)`` runs before every request and
+        #: raises (a :class:`FederationClientError`) to refuse it: the node's
+        #: trust domain (docs/usage/trust_domain.md). Nothing is sent then.
+        self.destination_guard: Callable[[str, str, str], None] | None = None
 
     def set_signing_key(self, origin: str, key: SigningKey) -> None:
         """Sign requests from ``origin`` with ``key`` from now on (rotation, new tenant)."""
@@ -219,6 +223,8 @@ class FederationClient:
         parameters, e.g. ``ver``).
         """
         origin = origin or self.default_origin
+        if self.destination_guard is not None:
+            self.destination_guard(origin, destination, path)
         key = self._signing_keys.get(origin)
         if key is None:
             raise ValueError(f"we do not host {origin}: no signing key")

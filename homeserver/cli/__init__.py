@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "federation_test",
     "register_user",
     "tenant",
+    "keys",
 )
 
 

@@ -23,7 +23,8 @@ def add_parser(subparsers: Any) -> None:
         "run",
         help="Run the homeserver in the foreground.",
         description="Run the homeserver described by FILE in the foreground until SIGTERM or "
-        "SIGINT; then finish in-flight requests (up to shutdown_timeout), close the "
+        "SIGINT (SIGHUP re-reads FILE: the trust domain and rotated keys apply at once); "
+        "then finish in-flight requests (up to shutdown_timeout), close the "
         "database and exit 0. Exits 1 if the config is invalid or the server cannot start.",
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="the YAML config")
@@ -41,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: cannot start:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     setup_logging(config.logging)
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, config_path=args.config))
 
 
-async def serve(config: HomeserverConfig) -> int:
+async def serve(config: HomeserverConfig, *, config_path: str | None = None) -> int:
     # Imported here so `homeserver --help` stays fast and independent of storage.
     from homeserver.server import HomeServer, StartupError
 
@@ -65,6 +66,19 @@ async def serve(config: HomeserverConfig) -> int:
     except StartupError as e:
         logger.error("Cannot start: %s", e)
         return 1
+    if config_path is not None:
+        # SIGHUP re-reads the config: the trust domain and rotated signing
+        # keys apply at once, other changes at the next restart (homeserver/reload.py).
+        from homeserver.reload import reload_config
+
+        reloads: set[asyncio.Task[Any]] = set()
+
+        def on_hup() -> None:
+            task = asyncio.ensure_future(reload_config(hs, config_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     logger.info("Received %s: shutting down", received[0])
     await hs.stop()

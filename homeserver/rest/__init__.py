@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from homeserver.http import tenant_routing, x_matrix
+from homeserver.http import trust as trust_check
 from homeserver.rest import admin, federation, federation_version, health, keys
 from homeserver.rest.client import account, capabilities, login, profile, rooms, sync, versions
 from homeserver.rest.client import client_api as client_api_module
@@ -53,6 +54,7 @@ CLIENT: tuple[Registrar, ...] = (
 
 FEDERATION: tuple[Registrar, ...] = (
     health.register,
+    trust_check.register,
     x_matrix.register,
     tenant_routing.register_federation,
     keys.register,

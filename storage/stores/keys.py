@@ -143,9 +143,10 @@ class KeyStore:
     # -- our own keys -----------------------------------------------------------------
 
     async def get_local_keys(self, server_name: str) -> list[LocalKey]:
+        """Keys to publish (revoked ones, migration 0011, never are)."""
         rows = await self._db.fetch(
             "SELECT key_id, verify_key, created_ts, expired_ts FROM local_signing_keys"
-            " WHERE server_name = $1 ORDER BY created_ts, key_id",
+            " WHERE server_name = $1 AND revoked_ts IS NULL ORDER BY created_ts, key_id",
             server_name,
         )
         return [

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from homeserver.rest.admin import register as shared_secret
-from homeserver.rest.admin import tenants, users
+from homeserver.rest.admin import tenants, trust, users
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -20,3 +20,4 @@ def register(app: web.Application, hs: HomeServer) -> None:
     shared_secret.register(app, hs)
     tenants.register(app, hs)
     users.register(app, hs)
+    trust.register(app, hs)
