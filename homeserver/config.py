@@ -249,6 +249,51 @@ class FederationConfig:
         default=types.MappingProxyType({}),
         example={"hs2.test": "http://127.0.0.1:18448"},
     )
+    retry_min_interval: int = _opt(
+        "After a failed transaction, how long a destination is left alone before the "
+        "first retry (a duration); each further failure doubles it, with ±20 % jitter "
+        "(docs/usage/delivery.md).",
+        default=10_000,
+        kind="duration",
+        minimum=100,
+        default_doc='"10s"',
+        example="30s",
+    )
+    retry_max_interval: int = _opt(
+        "The longest wait between retries of a destination (a duration); a 429 "
+        "`retry_after_ms` is honoured up to this too.",
+        default=86_400_000,
+        kind="duration",
+        minimum=1000,
+        default_doc='"1d"',
+        example="6h",
+    )
+    max_delivery_attempts: int = _opt(
+        "Attempts to send a transaction before its deliveries move to the dead-letter "
+        "store (reason `max_attempts`), from where an operator can replay them.",
+        default=20,
+        minimum=1,
+        example=50,
+    )
+    max_delivery_age: int = _opt(
+        "How long a delivery may stay undelivered (a duration) before it moves to the "
+        "dead-letter store (reason `max_age`); checked when an attempt fails.",
+        default=7 * 86_400_000,
+        kind="duration",
+        minimum=1000,
+        default_doc='"7d"',
+        example="3d",
+    )
+    inbound_transaction_window: int = _opt(
+        "How long the answer to a received transaction is kept (a duration, at least "
+        "a day): a peer retrying the same txnId within it gets the same answer and "
+        "changes nothing; the same txnId with other content is refused.",
+        default=86_400_000,
+        kind="duration",
+        minimum=86_400_000,
+        default_doc='"1d"',
+        example="2d",
+    )
     max_request_size: int = _opt(
         "Largest request body the federation listener accepts (a size), when smaller "
         "than the top-level `max_request_size`. A transaction holds at most 50 PDUs "
@@ -953,6 +998,14 @@ def _check_semantics(loader: _Loader, cfg: HomeserverConfig) -> HomeserverConfig
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             loader.problem(where, f"expected an http(s)://HOST:PORT URL, got {_shown(url)}")
+
+    if cfg.federation.retry_max_interval < cfg.federation.retry_min_interval:
+        loader.problem(
+            "federation.retry_max_interval",
+            f"must be at least federation.retry_min_interval "
+            f"({cfg.federation.retry_min_interval} ms), got "
+            f"{cfg.federation.retry_max_interval} ms",
+        )
 
     tenants = _check_tenants(loader, cfg, data_dir)
 

@@ -2,12 +2,12 @@
 
 Spec: ``server-server-api.md`` "Transactions", "PDUs", "EDUs". See
 :mod:`.outbox` (rows written with the event), :mod:`.sender` (the queues)
-and :mod:`.backoff`. Delivery guarantees beyond a simple retry (dead
-letters, admin API) are issue 7 and build on these tables.
+and :mod:`.backoff`. Delivery guarantees (dead letters, replay, the
+operator's view) are in :mod:`.admin` and docs/usage/delivery.md.
 """
 
-from homeserver.federation_sender.backoff import BackoffPolicy
+from homeserver.federation_sender.backoff import BackoffPolicy, DeliveryLimits
 from homeserver.federation_sender.outbox import OutboxWriter, joined_servers_txn
 from homeserver.federation_sender.sender import FederationSender
 
-__all__ = ["BackoffPolicy", "FederationSender", "OutboxWriter", "joined_servers_txn"]
+__all__ = ["BackoffPolicy", "DeliveryLimits", "FederationSender", "OutboxWriter", "joined_servers_txn"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["BackoffPolicy"]
+__all__ = ["BackoffPolicy", "DeliveryLimits"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,12 @@ class BackoffPolicy:
         if retry_after_ms is not None:
             interval = max(interval, min(retry_after_ms, self.max_interval_ms))
         return interval
+
+
+@dataclass(frozen=True)
+class DeliveryLimits:
+    """When the sender gives up on a delivery and moves it to the dead letters
+    (``federation.max_delivery_attempts`` / ``max_delivery_age``)."""
+
+    max_attempts: int = 20
+    max_age_ms: int = 7 * 24 * 3600 * 1000

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from federation.events import Event
+from homeserver.federation_sender.backoff import BackoffPolicy, DeliveryLimits
 from homeserver.federation_sender.outbox import OutboxWriter
 from homeserver.federation_sender.sender import FederationSender
 from homeserver.handlers.event_creation import EventCreationHandler
@@ -124,7 +125,15 @@ async def start_federation_outbound(hs: Any) -> FederationSender:
     ``hs.remote_rooms``. Stop it with ``await hs.federation_sender.stop()``."""
     keys = key_service_for(hs)
     router = RemoteRoomsRouter(hs, keys)
-    sender = FederationSender(keys.client, hs.clock, router.database_for)
+    fed = hs.config.federation
+    sender = FederationSender(
+        keys.client, hs.clock, router.database_for,
+        policy=BackoffPolicy(min_interval_ms=fed.retry_min_interval,
+                             max_interval_ms=fed.retry_max_interval),
+        limits=DeliveryLimits(max_attempts=fed.max_delivery_attempts,
+                              max_age_ms=fed.max_delivery_age),
+        metrics=hs.metrics.federation,
+    )
     sender.serve(hs.database)
     hs.federation_sender = sender
     hs.remote_rooms = router

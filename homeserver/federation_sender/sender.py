@@ -14,6 +14,14 @@ the :class:`~federation.clock.Clock` until the retry time, unless
 then every ``sweep_interval_s``, wakes queues whose rows were written by an
 earlier run (or by a writer not attached to this sender).
 
+Nothing leaves the outbox unacknowledged except into the dead letters
+(:mod:`storage.stores.dead_letters`, docs/usage/delivery.md): a transaction
+that failed ``DeliveryLimits.max_attempts`` times or whose oldest row is older
+than ``max_age_ms`` when an attempt fails, rows never sent that are that old,
+a transaction the peer refuses with a 4xx other than 429 (retrying the same
+``txnId`` cannot change the answer), a PDU the peer answers an error for in a
+200 response, and a PDU whose event is no longer stored.
+
 Log lines start ``TX [destination]`` (Synapse's prefix) so one peer's
 history is one grep.
 """
@@ -27,25 +35,48 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
+
 from federation.clock import Clock
 from federation.transport.client import (
     FederationClient,
     FederationClientError,
     FederationHttpError,
 )
-from homeserver.federation_sender.backoff import BackoffPolicy
+from homeserver.federation_sender.backoff import BackoffPolicy, DeliveryLimits
 from homeserver.federation_sender.outbox import OutboxWriter, joined_servers_txn, register_waker
+from homeserver.metrics import FederationMetrics
 from storage.database import Database
 from storage.errors import StorageError
+from storage.stores.dead_letters import DeadLetterReason, DeadLetterStore
 from storage.stores.events import EventStore
 from storage.stores.outbox import OutboundTransaction, OutboxStore, QueuedEdu
 from storage.stores.state import StateStore
 
-__all__ = ["FederationSender"]
+__all__ = ["FederationSender", "failure_reason"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SWEEP_INTERVAL_S = 60.0
+
+
+def failure_reason(e: FederationClientError) -> str:
+    """The ``reason`` label of a failed attempt; ``http_4xx`` is final."""
+    if isinstance(e, FederationHttpError):
+        if e.status == 429:
+            return "http_429"
+        if e.status >= 500:
+            return "http_5xx"
+        if 400 <= e.status < 500:
+            return "http_4xx"
+        return "error"
+    # The client raises ``from None``; the original exception is still the context.
+    cause = e.__context__
+    if isinstance(cause, TimeoutError) or "timed out" in e.reason:
+        return "timeout"
+    if isinstance(cause, (aiohttp.ClientConnectionError, OSError)):
+        return "connection"
+    return "error"
 
 
 class _Queue:
@@ -55,6 +86,7 @@ class _Queue:
         self.store = store
         self.origin = origin
         self.destination = destination
+        self.dead = DeadLetterStore(store.database)
         self.task: asyncio.Task[None] | None = None
         self.woken = False
         #: Set while sleeping out a backoff; resolving it ends the sleep early.
@@ -90,6 +122,7 @@ class _Queue:
                     self.origin, self.destination, clock.time_ms()
                 )
                 if txn is None:
+                    self.sender._set_depth(self.origin, self.destination, 0)
                     if self.woken:
                         continue
                     return
@@ -121,11 +154,24 @@ class _Queue:
 
     async def _send(self, txn: OutboundTransaction, log_prefix: str) -> None:
         sender = self.sender
+        metrics = sender.metrics
         if txn.missing_event_ids:
-            logger.warning("%s %s: events no longer stored, not sent: %s", log_prefix,
-                           txn.txn_id, ", ".join(txn.missing_event_ids))
+            n = await self.dead.dead_letter_events_of_transaction(
+                self.origin, self.destination, txn.txn_id,
+                {e: "the event is no longer stored here" for e in txn.missing_event_ids},
+                DeadLetterReason.EVENT_MISSING, sender.clock.time_ms(),
+            )
+            metrics.dead_lettered.labels(DeadLetterReason.EVENT_MISSING.value).inc(n)
+            logger.warning("%s %s: events no longer stored, moved to dead letters: %s",
+                           log_prefix, txn.txn_id, ", ".join(txn.missing_event_ids))
+            await sender.refresh_dead_letter_gauge()
+            if not txn.pdus and not txn.edus:
+                await self.store.complete_transaction(self.origin, self.destination, txn.txn_id)
+                return
         logger.debug("%s sending %s (%d PDUs, %d EDUs, attempt %d) from %s", log_prefix,
                      txn.txn_id, len(txn.pdus), len(txn.edus), txn.attempts + 1, self.origin)
+        if txn.attempts:
+            metrics.retries.inc()
         try:
             response = await sender.client.put_json(
                 self.destination,
@@ -134,41 +180,111 @@ class _Queue:
                 origin=self.origin,
             )
         except FederationClientError as e:
-            now = sender.clock.time_ms()
-            retry_after = None
-            if isinstance(e, FederationHttpError) and isinstance(e.body, dict):
-                ra = e.body.get("retry_after_ms")
-                retry_after = ra if isinstance(ra, int) and ra > 0 else None
-            state = await self.store.get_destination(self.destination)
-            previous = state.retry_interval_ms if state is not None else 0
-            interval = sender.policy.next_interval_ms(previous, sender.rng, retry_after)
-            await self.store.record_attempt_failure(
-                self.origin, self.destination, txn.txn_id, now, e.reason
+            await self._failed(txn, e, log_prefix)
+        else:
+            await self._delivered(txn, response, log_prefix)
+        await sender._refresh_depth(self.store, self.origin, self.destination)
+
+    async def _failed(
+        self, txn: OutboundTransaction, e: FederationClientError, log_prefix: str
+    ) -> None:
+        sender = self.sender
+        metrics = sender.metrics
+        now = sender.clock.time_ms()
+        reason = failure_reason(e)
+        metrics.transactions_failed.labels(reason).inc()
+        if reason == "http_4xx":
+            # The peer is up and said no: the same txnId would get the same answer.
+            n = await self.dead.dead_letter_transaction(
+                self.origin, self.destination, txn.txn_id, DeadLetterReason.REJECTED, now,
+                e.reason,
             )
-            await self.store.record_failure(self.destination, now, interval, e.reason)
-            logger.warning("%s %s failed (%s); retrying in %.1f s", log_prefix, txn.txn_id,
-                           e.reason, interval / 1000)
+            metrics.dead_lettered.labels(DeadLetterReason.REJECTED.value).inc(n)
+            logger.warning("%s %s refused (%s): %d deliveries moved to dead letters",
+                           log_prefix, txn.txn_id, e.reason, n)
+            await sender.refresh_dead_letter_gauge()
             return
-        _log_pdu_errors(log_prefix, txn.txn_id, response)
-        await self.store.complete_transaction(self.origin, self.destination, txn.txn_id)
+        retry_after = None
+        if isinstance(e, FederationHttpError) and isinstance(e.body, dict):
+            ra = e.body.get("retry_after_ms")
+            retry_after = ra if isinstance(ra, int) and ra > 0 else None
+        state = await self.store.get_destination(self.destination)
+        previous = state.retry_interval_ms if state is not None else 0
+        interval = sender.policy.next_interval_ms(previous, sender.rng, retry_after)
+        await self.store.record_attempt_failure(
+            self.origin, self.destination, txn.txn_id, now, e.reason
+        )
+        await self.store.record_failure(self.destination, now, interval, e.reason)
+        logger.warning("%s %s failed (%s); retrying in %.1f s", log_prefix, txn.txn_id,
+                       e.reason, interval / 1000)
+        limits = sender.limits
+        gave_up: DeadLetterReason | None = None
+        if txn.attempts + 1 >= limits.max_attempts:
+            gave_up = DeadLetterReason.MAX_ATTEMPTS
+        elif now - txn.oldest_queued_ts >= limits.max_age_ms:
+            gave_up = DeadLetterReason.MAX_AGE
+        moved = 0
+        if gave_up is not None:
+            n = await self.dead.dead_letter_transaction(
+                self.origin, self.destination, txn.txn_id, gave_up, now, e.reason
+            )
+            metrics.dead_lettered.labels(gave_up.value).inc(n)
+            moved += n
+            logger.warning("%s %s: gave up after %d attempts (%s): %d deliveries moved to "
+                           "dead letters", log_prefix, txn.txn_id, txn.attempts + 1,
+                           gave_up.value, n)
+        expired = await self.dead.dead_letter_expired(
+            self.origin, self.destination, now - limits.max_age_ms, now
+        )
+        if expired:
+            metrics.dead_lettered.labels(DeadLetterReason.MAX_AGE.value).inc(expired)
+            logger.warning("%s %d queued deliveries older than the maximum age moved to "
+                           "dead letters", log_prefix, expired)
+        if moved or expired:
+            await sender.refresh_dead_letter_gauge()
+        await sender.refresh_backoff_gauge()
+
+    async def _delivered(
+        self, txn: OutboundTransaction, response: Any, log_prefix: str
+    ) -> None:
+        sender = self.sender
+        metrics = sender.metrics
+        now = sender.clock.time_ms()
+        rejected = _pdu_errors(log_prefix, txn, response)
+        n = await self.dead.complete_transaction(
+            self.origin, self.destination, txn.txn_id, rejected, now
+        )
         state = await self.store.get_destination(self.destination)
         if state is None or state.failure_count or state.next_retry_ts is not None:
-            await self.store.record_success(self.destination, sender.clock.time_ms())
+            await self.store.record_success(self.destination, now)
+            await sender.refresh_backoff_gauge()
         sender.sent_transactions += 1
         sender.sent_pdus += len(txn.pdus)
+        metrics.transactions_sent.inc()
+        metrics.pdus_sent.inc(len(txn.pdus))
+        metrics.edus_sent.inc(len(txn.edus))
+        for event_id, queued in txn.queued_ts.items():
+            if event_id not in txn.missing_event_ids:
+                metrics.delivery_latency.observe(max(0, now - queued) / 1000)
+        if n:
+            metrics.dead_lettered.labels(DeadLetterReason.PDU_REJECTED.value).inc(n)
+            await sender.refresh_dead_letter_gauge()
         logger.debug("%s %s delivered", log_prefix, txn.txn_id)
 
 
-def _log_pdu_errors(log_prefix: str, txn_id: str, response: Any) -> None:
-    """The peer took the transaction; a PDU it refused is its decision (spec:
-    the ``pdus`` map of the response), logged, not retried."""
+def _pdu_errors(log_prefix: str, txn: OutboundTransaction, response: Any) -> dict[str, str]:
+    """The peer took the transaction; the PDUs of it that the peer answered an
+    error for (spec: the ``pdus`` map of the response) are its final decision."""
     pdus = response.get("pdus") if isinstance(response, dict) else None
     if not isinstance(pdus, dict):
-        return
+        return {}
+    out: dict[str, str] = {}
     for event_id, result in pdus.items():
-        if isinstance(result, dict) and "error" in result:
-            logger.info("%s %s: peer refused %s: %s", log_prefix, txn_id, event_id,
+        if isinstance(result, dict) and "error" in result and event_id in txn.queued_ts:
+            out[event_id] = str(result["error"])
+            logger.info("%s %s: peer refused %s: %s", log_prefix, txn.txn_id, event_id,
                         result["error"])
+    return out
 
 
 class FederationSender:
@@ -187,12 +303,18 @@ class FederationSender:
         database_for: Callable[[str], Awaitable[Database]],
         *,
         policy: BackoffPolicy | None = None,
+        limits: DeliveryLimits | None = None,
+        metrics: FederationMetrics | None = None,
         rng: random.Random | None = None,
         sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
     ) -> None:
         self.client = client
         self.clock = clock
         self.policy = policy or BackoffPolicy()
+        self.limits = limits or DeliveryLimits()
+        self.metrics = metrics or FederationMetrics.unregistered()
+        #: Rows queued per (origin, destination), for the queue-depth gauge.
+        self._depths: dict[tuple[str, str], int] = {}
         self.rng = rng or random.Random()
         self._database_for = database_for
         self._sweep_interval_s = sweep_interval_s
@@ -223,13 +345,60 @@ class FederationSender:
         self._store(db)
         register_waker(db, self._on_enqueued)
 
+    def databases(self) -> list[Database]:
+        """Every database whose outbox this sender serves."""
+        return [s.database for s in self._stores.values()]
+
     def _on_enqueued(self, db: Database, origin: str, destinations: Collection[str]) -> None:
         if self._stopping:
             return
         store = self._store(db)
         self._origin_stores[origin] = store
         for d in destinations:
+            self._set_depth(origin, d, self._depths.get((origin, d), 0) + 1)
             self._queue(store, origin, d).wake()
+
+    # Gauges
+
+    def _set_depth(self, origin: str, destination: str, depth: int) -> None:
+        if depth:
+            self._depths[(origin, destination)] = depth
+        else:
+            self._depths.pop((origin, destination), None)
+        total = sum(n for (_, d), n in self._depths.items() if d == destination)
+        self.metrics.queue_depth.labels(destination).set(total)
+
+    async def _refresh_depth(self, store: OutboxStore, origin: str, destination: str) -> None:
+        self._set_depth(origin, destination, await store.queue_depth(origin, destination))
+
+    async def refresh_gauges(self) -> None:
+        """Queue depths, destinations backing off and dead letters, from the databases."""
+        depths: dict[tuple[str, str], int] = {}
+        for store in list(self._stores.values()):
+            for key, n in (await store.queue_depths()).items():
+                depths[key] = depths.get(key, 0) + n
+        for dest in {d for _, d in self._depths} | {d for _, d in depths}:
+            self.metrics.queue_depth.labels(dest).set(
+                sum(n for (_, d), n in depths.items() if d == dest)
+            )
+        self._depths = depths
+        await self.refresh_backoff_gauge()
+        await self.refresh_dead_letter_gauge()
+
+    async def refresh_backoff_gauge(self) -> None:
+        now = self.clock.time_ms()
+        names: set[str] = set()
+        for store in list(self._stores.values()):
+            names.update(await store.backing_off(now))
+        self.metrics.destinations_backing_off.set(len(names))
+
+    async def refresh_dead_letter_gauge(self) -> None:
+        counts = {r.value: 0 for r in DeadLetterReason}
+        for store in list(self._stores.values()):
+            for reason, n in (await DeadLetterStore(store.database).count_by("reason")).items():
+                counts[reason] = counts.get(reason, 0) + n
+        for reason, n in counts.items():
+            self.metrics.dead_letters.labels(reason).set(n)
 
     def _queue(self, store: OutboxStore, origin: str, destination: str) -> _Queue:
         q = self._queues.get((origin, destination))
@@ -312,6 +481,15 @@ class FederationSender:
         for q in backing_off:
             q.end_backoff()
 
+    async def reset_destination(self, destination: str) -> None:
+        """An operator's "retry now": end the backoff and wake every queue to it."""
+        await self.on_peer_seen(destination)
+        for store in list(self._stores.values()):
+            for origin, d in await store.pending_queues():
+                if d == destination:
+                    self._queue(store, origin, d).wake()
+        await self.refresh_backoff_gauge()
+
     async def start(self) -> None:
         """Wake every queue left with rows, then keep sweeping."""
         if self._sweeper is None:
@@ -324,6 +502,7 @@ class FederationSender:
                 q = self._queue(store, origin, destination)
                 if q.task is None:
                     q.wake()
+        await self.refresh_gauges()
 
     async def _sweep_loop(self) -> None:
         while not self._stopping:

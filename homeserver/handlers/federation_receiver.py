@@ -8,10 +8,14 @@ response even in the event of one or more PDUs failing to be processed"),
 Every PDU of a transaction is processed before the response is sent, so a
 200 means each one is durably stored (accepted, soft failed or rejected) or
 was refused with an error in the response. Transactions from one origin to
-one tenant are handled one at a time, and the response to each is recorded,
-so a retried ``txnId`` gets the recorded response and changes nothing.
-Duplicate PDUs (in one transaction or across transactions) are no-ops in
-the event store.
+one tenant are handled one at a time, and the response to each is recorded
+with a hash of its body, so a retried ``txnId`` within the idempotency window
+(``federation.inbound_transaction_window``, at least a day) gets the recorded
+response and changes nothing, while the same ``txnId`` with other content is
+refused (400 ``M_INVALID_PARAM``). Duplicate PDUs (in one transaction or
+across transactions) are no-ops in the event store. PDUs of one room are
+processed one at a time, whichever origin sent them, so concurrent
+transactions for a room do not race (docs/usage/delivery.md).
 
 Per PDU: the room version comes from our copy of the room (a PDU for a room
 this tenant does not know is refused), then the keyring checks format,
@@ -23,8 +27,11 @@ receipt checks 4-6, fetching missing prev and auth events from the origin.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from federation.clock import Clock
@@ -36,6 +43,7 @@ from federation.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, get_room
 from homeserver.handlers.event_receipt import Outcome
 from homeserver.handlers.missing_events import MissingEventsFetcher
 from homeserver.handlers.room_acl import RoomServerAcls
+from homeserver.metrics import FederationMetrics
 from storage.stores.events import EventStore
 from storage.stores.federation_inbound import FederationInboundStore
 
@@ -45,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+DEFAULT_TRANSACTION_WINDOW_MS = 86_400_000
+#: How often old transaction records are pruned.
+_PRUNE_INTERVAL_MS = 3_600_000
 
 #: ``handler(tenant, origin, content)``: one EDU of a type, already checked
 #: to be an object. Raise nothing for bad content: log and drop it.
@@ -71,7 +82,15 @@ class TransactionHandler:
         fetcher: MissingEventsFetcher,
         clock: Clock,
         acls: RoomServerAcls | None = None,
+        *,
+        window_ms: int = DEFAULT_TRANSACTION_WINDOW_MS,
+        metrics: FederationMetrics | None = None,
     ) -> None:
+        self._window_ms = window_ms
+        self._metrics = metrics or FederationMetrics.unregistered()
+        self._last_prune_ms = 0
+        #: Per (tenant, room_id): [lock, users], removed when unused.
+        self._room_locks: dict[tuple[str, str], list[Any]] = {}
         self._events = events
         # Spec "Server Access Control Lists": applied per PDU and to the
         # room-scoped EDUs (m.typing, m.receipt).
@@ -104,6 +123,15 @@ class TransactionHandler:
         self, tenant: str, origin: str, txn_id: str, body: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Handle one transaction; the ``{"pdus": {...}}`` response."""
+        try:
+            return await self._on_send(tenant, origin, txn_id, body)
+        except MatrixError:
+            self._metrics.inbound_transactions.labels("refused").inc()
+            raise
+
+    async def _on_send(
+        self, tenant: str, origin: str, txn_id: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
         pdus = body.get("pdus", [])
         edus = body.get("edus", [])
         if not isinstance(pdus, list):
@@ -122,20 +150,40 @@ class TransactionHandler:
                 400, Codes.INVALID_PARAM,
                 f"transaction origin {sender!r} is not the authenticated origin {origin}",
             )
+        body_hash = hashlib.sha256(json.dumps(
+            body, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        ).encode("utf-8")).hexdigest()
         lock = self._locks.setdefault((tenant, origin), asyncio.Lock())
         async with lock:
-            done = await self._store.get_transaction_response(tenant, origin, txn_id)
+            now = self._clock.time_ms()
+            done = await self._store.get_transaction_record(tenant, origin, txn_id)
+            if done is not None and done.received_ts < now - self._window_ms:
+                await self._store.forget_transaction(tenant, origin, txn_id)
+                done = None
             if done is not None:
+                if done.body_hash is not None and done.body_hash != body_hash:
+                    logger.info("RX [%s] txn %s to %s: known txnId, other content: refused",
+                                origin, txn_id, tenant)
+                    raise MatrixError(
+                        400, Codes.INVALID_PARAM,
+                        f"transaction {txn_id} from {origin} was already received with "
+                        "different content; a new transaction needs a new txnId",
+                    )
                 logger.info("RX [%s] txn %s to %s: replayed, answering as before",
                             origin, txn_id, tenant)
-                return done
+                self._metrics.inbound_transactions.labels("replayed").inc()
+                return done.response
             results = await self._process_pdus(tenant, origin, pdus)
             for edu in edus:
                 await self._process_edu(tenant, origin, edu)
             response = {"pdus": results}
             await self._store.record_transaction_response(
-                tenant, origin, txn_id, response, self._clock.time_ms()
+                tenant, origin, txn_id, response, self._clock.time_ms(), body_hash
             )
+            if now - self._last_prune_ms >= _PRUNE_INTERVAL_MS:
+                self._last_prune_ms = now
+                await self._store.prune_transactions(now - self._window_ms)
+        self._metrics.inbound_transactions.labels("processed").inc()
         failed = sum(1 for r in results.values() if r)
         logger.info("RX [%s] txn %s to %s: %d PDUs (%d failed), %d EDUs",
                     origin, txn_id, tenant, len(pdus), failed, len(edus))
@@ -168,6 +216,7 @@ class TransactionHandler:
         # do not each trigger a fetch of the other.
         for _, _, event_id, pdu, rv, error in sorted(prepared, key=lambda p: (p[0], p[1])):
             if error is not None or rv is None:
+                self._metrics.inbound_pdus.labels("refused").inc()
                 results[event_id] = {"error": error or "unknown room version"}
                 continue
             room_id = pdu["room_id"]
@@ -175,8 +224,26 @@ class TransactionHandler:
                 logger.info("RX [%s] %s refused: server ACL of %s", origin, event_id, room_id)
                 results[event_id] = {"error": f"{origin} is denied by the server ACL of {room_id}"}
                 continue
-            results[event_id] = await self._process_pdu(tenant, origin, event_id, pdu, rv)
+            async with self._room_lock(tenant, room_id):
+                results[event_id] = await self._process_pdu(tenant, origin, event_id, pdu, rv)
         return results
+
+    @asynccontextmanager
+    async def _room_lock(self, tenant: str, room_id: str) -> AsyncIterator[None]:
+        """One PDU of a room at a time, whichever origin sent it (a PDU's gap
+        filling included), so the room's graph is built in one order."""
+        key = (tenant, room_id)
+        entry = self._room_locks.get(key)
+        if entry is None:
+            entry = self._room_locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._room_locks[key]
 
     async def _room_version_of(
         self, tenant: str, pdu: Mapping[str, Any]
@@ -201,7 +268,12 @@ class TransactionHandler:
             outcome = await self._fetcher.receive_with_fetching(tenant, origin, event)
         except MatrixError as e:
             logger.info("RX [%s] %s refused: %s", origin, event_id, e.msg)
+            self._metrics.inbound_pdus.labels("refused").inc()
             return {"error": e.msg}
+        if not outcome.newly_persisted:
+            self._metrics.inbound_pdus.labels("duplicate").inc()
+        else:
+            self._metrics.inbound_pdus.labels(outcome.outcome.value).inc()
         if outcome.outcome is Outcome.REJECTED:
             logger.info("RX [%s] %s rejected: %s", origin, event_id, outcome.reason)
             return {"error": f"rejected: {outcome.reason}"}

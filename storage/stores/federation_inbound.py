@@ -17,7 +17,17 @@ from typing import Any
 from storage.database import Database
 from storage.stores.state import Queryable, Writer, allocate_counter
 
-__all__ = ["FederationInboundStore", "ReceivedInvite"]
+__all__ = ["FederationInboundStore", "ReceivedInvite", "ReceivedTransaction"]
+
+
+@dataclass(frozen=True)
+class ReceivedTransaction:
+    """The record of a handled ``PUT /send/{txnId}`` (migrations 0007, 0008)."""
+
+    response: dict[str, Any]
+    received_ts: int
+    #: SHA-256 of the body's canonical JSON; ``None`` if recorded before 0008.
+    body_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -63,15 +73,39 @@ class FederationInboundStore:
         assert isinstance(value, dict)
         return value
 
+    async def get_transaction_record(
+        self, tenant: str, origin: str, txn_id: str
+    ) -> ReceivedTransaction | None:
+        """The record of ``origin``'s transaction ``txn_id``, with its body hash."""
+        row = await self._db.fetchrow(
+            "SELECT response_json, received_ts, body_hash FROM federation_received_transactions "
+            "WHERE tenant = $1 AND origin = $2 AND txn_id = $3",
+            tenant, origin, txn_id,
+        )
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        assert isinstance(value, dict)
+        return ReceivedTransaction(value, int(row[1]), row[2])
+
+    async def forget_transaction(self, tenant: str, origin: str, txn_id: str) -> None:
+        """Drop one record (older than the idempotency window)."""
+        await self._db.execute(
+            "DELETE FROM federation_received_transactions "
+            "WHERE tenant = $1 AND origin = $2 AND txn_id = $3",
+            tenant, origin, txn_id,
+        )
+
     async def record_transaction_response(
-        self, tenant: str, origin: str, txn_id: str, response: Mapping[str, Any], now_ms: int
+        self, tenant: str, origin: str, txn_id: str, response: Mapping[str, Any], now_ms: int,
+        body_hash: str | None = None,
     ) -> None:
         """Remember the response; a second record of the same transaction keeps the first."""
         await self._db.execute(
             "INSERT INTO federation_received_transactions "
-            "(tenant, origin, txn_id, response_json, received_ts) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT DO NOTHING",
-            tenant, origin, txn_id, _dumps(dict(response)), now_ms,
+            "(tenant, origin, txn_id, response_json, received_ts, body_hash) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            tenant, origin, txn_id, _dumps(dict(response)), now_ms, body_hash,
         )
 
     async def prune_transactions(self, older_than_ms: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from storage.database import Database, Transaction
@@ -64,6 +64,10 @@ class OutboundTransaction:
     attempts: int
     #: PDU rows whose event is no longer stored (purged): dropped from the body.
     missing_event_ids: list[str]
+    #: When each PDU's row was queued, by event ID (delivery latency).
+    queued_ts: dict[str, int] = field(default_factory=dict)
+    #: When the oldest row it carries was queued (``federation.max_delivery_age``).
+    oldest_queued_ts: int = 0
 
     @property
     def body(self) -> dict[str, Any]:
@@ -151,19 +155,19 @@ class OutboxStore:
             if row is not None:
                 txn_id, ts, attempts = str(row[0]), int(row[1]), int(row[2])
                 rows = await txn.fetch(
-                    "SELECT seq, kind, event_id, edu_type, edu_content FROM federation_outbox "
+                    "SELECT seq, kind, event_id, edu_type, edu_content, created_ts FROM federation_outbox "
                     "WHERE origin = $1 AND destination = $2 AND txn_id = $3 ORDER BY seq",
                     origin, destination, txn_id,
                 )
             else:
                 rows = await txn.fetch(
-                    "SELECT seq, kind, event_id, edu_type, edu_content FROM federation_outbox "
+                    "SELECT seq, kind, event_id, edu_type, edu_content, created_ts FROM federation_outbox "
                     "WHERE origin = $1 AND destination = $2 AND kind = 'pdu' AND txn_id IS NULL "
                     "ORDER BY seq LIMIT $3",
                     origin, destination, MAX_PDUS_PER_TRANSACTION,
                 )
                 rows += await txn.fetch(
-                    "SELECT seq, kind, event_id, edu_type, edu_content FROM federation_outbox "
+                    "SELECT seq, kind, event_id, edu_type, edu_content, created_ts FROM federation_outbox "
                     "WHERE origin = $1 AND destination = $2 AND kind = 'edu' AND txn_id IS NULL "
                     "ORDER BY seq LIMIT $3",
                     origin, destination, MAX_EDUS_PER_TRANSACTION,
@@ -201,6 +205,8 @@ class OutboxStore:
         return OutboundTransaction(
             origin, destination, txn_id, ts, pdus, edus, [int(r[0]) for r in rows], attempts,
             [e for e in event_ids if e not in pdu_json],
+            queued_ts={str(r[2]): int(r[5]) for r in rows if r[1] == "pdu"},
+            oldest_queued_ts=min((int(r[5]) for r in rows), default=0),
         )
 
     async def _new_txn_id(
@@ -262,6 +268,22 @@ class OutboxStore:
             "SELECT COUNT(*) FROM federation_outbox WHERE origin = $1 AND destination = $2",
             origin, destination,
         ))
+
+    async def queue_depths(self) -> dict[tuple[str, str], int]:
+        """Rows queued per ``(origin, destination)`` (the queue-depth metric)."""
+        rows = await self._db.fetch(
+            "SELECT origin, destination, COUNT(*) FROM federation_outbox "
+            "GROUP BY origin, destination"
+        )
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    async def backing_off(self, now_ms: int) -> list[str]:
+        """Destinations whose next retry is still ahead."""
+        rows = await self._db.fetch(
+            "SELECT destination FROM federation_destinations WHERE next_retry_ts > $1",
+            now_ms,
+        )
+        return [str(r[0]) for r in rows]
 
     async def queued_event_ids(self, origin: str, destination: str) -> list[str]:
         rows = await self._db.fetch(

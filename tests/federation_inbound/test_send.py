@@ -92,8 +92,12 @@ async def test_replayed_transaction_and_duplicates_change_nothing(setup: Setup) 
     status, first = await send_txn(peer, "t1", [m1, m1])
     assert status == 200
     before = await node.events.get_max_stream_ordering(NODE)
-    status, again = await send_txn(peer, "t1", [m1])  # same txnId, other body: answered as before
+    status, again = await send_txn(peer, "t1", [m1, m1])  # a retry: answered as before
     assert status == 200 and again == first
+    # The same txnId with other content is refused (docs/usage/delivery.md).
+    status, other = await send_txn(peer, "t1", [m1])
+    assert status == 400 and other["errcode"] == "M_INVALID_PARAM", other
+    assert "different content" in other["error"]
     status, dup = await send_txn(peer, "t2", [m1])  # new txnId, known PDU
     assert status == 200 and dup == first
     assert await node.events.get_max_stream_ordering(NODE) == before

@@ -139,7 +139,9 @@ class InboundContext:
         acls = RoomServerAcls(events)
         fetcher = MissingEventsFetcher(db, events, receipt, keys.keyring, keys.client)
         transactions = TransactionHandler(
-            events, store, keys.keyring, fetcher, hs.clock, acls=acls
+            events, store, keys.keyring, fetcher, hs.clock, acls=acls,
+            window_ms=hs.config.federation.inbound_transaction_window,
+            metrics=hs.metrics.federation,
         )
         server = FederationServer(
             db=db, events=events, receipt=receipt, visibility=visibility,
