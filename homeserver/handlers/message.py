@@ -228,7 +228,7 @@ class MessageHandler:
         if (stored is None or stored.event.room_id != room_id or stored.outlier
                 or stored.rejected_reason is not None):
             raise not_found
-        if access.upto is not None and stored.stream_ordering > access.upto:
+        if access.hides(stored.event.depth, stored.stream_ordering):
             raise not_found
         if not await filter_events_for_client(ts, user_id, [stored]):
             raise not_found

@@ -1,24 +1,36 @@
-"""Stream tokens and paginating a room's events (``/messages``, ``/context``).
+"""Pagination tokens and paginating a room's history (``/messages``, ``/context``).
 
 Spec: client-server-api "Syncing" and "Pagination", ``GET
 /rooms/{roomId}/messages`` (``from``/``to``/``dir``/``limit``/``filter``),
 ``GET /rooms/{roomId}/context/{eventId}``.
 
-Tokens are opaque to clients. Concord's are ``s<events>_<receipts>_<typing>_
-<account_data>``: positions in the tenant's event stream and the other
-streams ``/sync`` follows. A position ``P`` of the event stream means "just
-after the event whose stream ordering is ``P``"; ``/messages`` reads the
-event part, so a ``next_batch``, a ``prev_batch`` and an ``end`` are
-interchangeable as ``from``. Events are paginated in stream order (the order
-this server received them).
+Tokens are opaque to clients. Two kinds, like Synapse's:
+
+- *stream tokens* ``s<events>_<receipts>_<typing>_<account_data>``:
+  positions in the tenant's streams, what ``/sync`` hands out as
+  ``next_batch`` and takes as ``since``;
+- *topological tokens* ``t<depth>-<stream>``: a position in the room's
+  history order ``(depth, stream_ordering)``, meaning "just after the event
+  at that position". ``/messages`` and ``/context`` answer with these
+  (``start``, ``end``), and ``/sync`` gives one as ``prev_batch``.
+
+``/messages`` walks history order, so events this server received late
+(fetched with ``/backfill`` or ``/get_missing_events``) appear where they
+belong. It takes either kind as ``from``/``to``: a stream token stands for
+the position just after the room's last event (in history order) among
+those stored at or before it. Paginating backwards past the earliest event
+this server holds asks another server in the room for older history first
+(:class:`RoomBackfiller`; docs/development/event_graph.md, "History order").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from federation.canonical_json import CANONICAL_INT_MAX
 from federation.clock import Clock
 from federation.errors import Codes, MatrixError
 from homeserver.handlers.client_events import format_events
@@ -26,11 +38,29 @@ from homeserver.handlers.client_stores import TenantStores
 from homeserver.handlers.room_access import check_event_id, check_room_id, require_read_access
 from homeserver.handlers.visibility import filter_events_for_client
 from storage.stores.events import StoredEvent
+from storage.stores.room_timeline import TopoPos
 
-__all__ = ["MAX_LIMIT", "PaginationHandler", "RoomEventFilter", "StreamToken"]
+__all__ = [
+    "MAX_LIMIT",
+    "PaginationHandler",
+    "RoomBackfiller",
+    "RoomEventFilter",
+    "StreamToken",
+    "TopologicalToken",
+    "parse_pagination_token",
+]
 
 JsonDict = dict[str, Any]
 MAX_LIMIT = 1000
+#: Backfill requests one ``/messages`` call may make before answering.
+MAX_BACKFILL_ROUNDS = 3
+_MAX_STREAM = 2**62
+#: Before every event (depths are at least 0).
+START_POS: TopoPos = (-1, 0)
+
+
+def _bad_token(raw: str) -> MatrixError:
+    return MatrixError(400, Codes.INVALID_PARAM, f"Invalid pagination token {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -45,7 +75,7 @@ class StreamToken:
 
     @classmethod
     def parse(cls, raw: str) -> StreamToken:
-        bad = MatrixError(400, Codes.INVALID_PARAM, f"Invalid pagination token {raw!r}")
+        bad = _bad_token(raw)
         if not raw.startswith("s"):
             raise bad
         parts = raw[1:].split("_")
@@ -53,6 +83,67 @@ class StreamToken:
             raise bad
         values = [int(p) for p in parts] + [0] * (4 - len(parts))
         return cls(*values)
+
+
+_TOPO = re.compile(r"t(-?[0-9]{1,19})-(-?[0-9]{1,19})")
+
+
+@dataclass(frozen=True)
+class TopologicalToken:
+    """``t<depth>-<stream>``: just after the event at ``(depth, stream)`` in
+    history order. The stream part is negative for backfilled events
+    (Synapse writes its topological tokens the same way)."""
+
+    depth: int
+    stream: int
+
+    @property
+    def pos(self) -> TopoPos:
+        return (self.depth, self.stream)
+
+    def encode(self) -> str:
+        return f"t{self.depth}-{self.stream}"
+
+    @classmethod
+    def of(cls, pos: TopoPos) -> TopologicalToken:
+        return cls(pos[0], pos[1])
+
+    @classmethod
+    def parse(cls, raw: str) -> TopologicalToken:
+        m = _TOPO.fullmatch(raw)
+        if m is None:
+            raise _bad_token(raw)
+        depth, stream = int(m[1]), int(m[2])
+        if not -1 <= depth <= CANONICAL_INT_MAX or not -_MAX_STREAM <= stream <= _MAX_STREAM:
+            raise _bad_token(raw)
+        return cls(depth, stream)
+
+
+def parse_pagination_token(raw: str) -> StreamToken | TopologicalToken:
+    """A ``from``/``to`` of ``/messages``: either kind; 400 ``M_INVALID_PARAM`` otherwise."""
+    if raw.startswith("t"):
+        return TopologicalToken.parse(raw)
+    return StreamToken.parse(raw)
+
+
+def _before(se: StoredEvent) -> TopoPos:
+    """The position just before ``se`` (stream orderings are integers)."""
+    return (se.event.depth, se.stream_ordering - 1)
+
+
+def _at(se: StoredEvent) -> TopoPos:
+    return (se.event.depth, se.stream_ordering)
+
+
+class RoomBackfiller(Protocol):
+    """Fetches older history of a room from other servers (federation's side)."""
+
+    async def backfill(
+        self, ts: TenantStores, room_id: str, *, max_depth: int | None, limit: int
+    ) -> int:
+        """Backfill from the room's backward extremities whose referring event
+        is at most ``max_depth`` deep (``None``: any); returns how many events
+        were stored as history."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +202,18 @@ def parse_limit(raw: str | None, default: int) -> int:
 
 
 class PaginationHandler:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, backfiller: RoomBackfiller | None = None) -> None:
         self._clock = clock
+        self._backfiller = backfiller
+
+    async def _resolve(
+        self, ts: TenantStores, room_id: str, token: StreamToken | TopologicalToken
+    ) -> TopoPos:
+        if isinstance(token, TopologicalToken):
+            return token.pos
+        pos = await ts.s.timeline.topo_position_at_stream(ts.server_name, room_id,
+                                                          token.events)
+        return START_POS if pos is None else pos
 
     async def get_messages(
         self, ts: TenantStores, user_id: str, room_id: str, *, from_token: str | None,
@@ -121,40 +222,76 @@ class PaginationHandler:
         check_room_id(room_id)
         if direction not in ("b", "f"):
             raise MatrixError(400, Codes.INVALID_PARAM, 'dir must be "b" or "f"')
-        start = StreamToken.parse(from_token) if from_token else None
-        end = StreamToken.parse(to_token) if to_token else None
+        start = parse_pagination_token(from_token) if from_token else None
+        end = parse_pagination_token(to_token) if to_token else None
         access = await require_read_access(ts, room_id, user_id)
         tenant = ts.server_name
         backwards = direction == "b"
-        if start is None:
-            from_pos = (await ts.s.events.get_max_stream_ordering(tenant)) if backwards else 0
-        else:
-            from_pos = start.events
-        to_pos = end.events if end is not None else None
-        if access.upto is not None:
+        timeline = ts.s.timeline
+        from_pos = None if start is None else await self._resolve(ts, room_id, start)
+        to_pos = None if end is None else await self._resolve(ts, room_id, end)
+        if access.upto_topo is not None:
             # After leaving, nothing past the leave.
             if backwards:
-                from_pos = min(from_pos, access.upto)
+                from_pos = access.upto_topo if from_pos is None else min(from_pos,
+                                                                         access.upto_topo)
             else:
-                to_pos = access.upto if to_pos is None else min(to_pos, access.upto)
+                to_pos = access.upto_topo if to_pos is None else min(to_pos, access.upto_topo)
+        if from_pos is None:
+            if backwards:
+                top = await timeline.topo_position_at_stream(tenant, room_id, _MAX_STREAM)
+                from_pos = START_POS if top is None else top
+            else:
+                from_pos = START_POS
         if event_filter.limit is not None:
             limit = min(limit, event_filter.limit)
-        rows = await ts.s.timeline.get_room_events(
-            tenant, room_id, from_pos=from_pos, to_pos=to_pos, backwards=backwards,
-            limit=limit,
-        ) if limit > 0 else []
+
+        async def page() -> list[StoredEvent]:
+            if limit <= 0:
+                return []
+            return await timeline.get_room_events_topo(
+                tenant, room_id, from_pos=from_pos, to_pos=to_pos, backwards=backwards,
+                limit=limit,
+            )
+
+        rows = await page()
+        if backwards and self._backfiller is not None and limit > 0:
+            for _ in range(MAX_BACKFILL_ROUNDS):
+                if not await self._needs_backfill(ts, room_id, from_pos, rows, limit):
+                    break
+                got = await self._backfiller.backfill(
+                    ts, room_id, max_depth=from_pos[0] + 1, limit=limit)
+                if not got:
+                    break
+                rows = await page()
         visible = await filter_events_for_client(ts, user_id, rows)
         chosen = [se for se in visible
                   if event_filter.matches(se.event.type, se.event.sender)]
         out: JsonDict = {
-            "start": StreamToken(from_pos).encode(),
+            "start": TopologicalToken.of(from_pos).encode(),
             "chunk": await format_events(ts, [se.event for se in chosen],
                                          self._clock.time_ms()),
         }
         if rows and len(rows) == limit:
-            last = rows[-1].stream_ordering
-            out["end"] = StreamToken(last - 1 if backwards else last).encode()
+            last = rows[-1]
+            out["end"] = TopologicalToken.of(_before(last) if backwards else _at(last)).encode()
         return out
+
+    @staticmethod
+    async def _needs_backfill(
+        ts: TenantStores, room_id: str, from_pos: TopoPos, rows: list[StoredEvent], limit: int
+    ) -> bool:
+        """Whether history the page should show may be missing here: a backward
+        extremity below ``from_pos`` and, for a full page, above its last event."""
+        extremities = await ts.s.events.get_backward_extremities(
+            ts.server_name, room_id, max_depth=from_pos[0] + 1)
+        if not extremities:
+            return False
+        if len(rows) < limit:
+            return True
+        lowest = rows[-1].event.depth
+        # An extremity's depth is its child's: the missing event lies below.
+        return any(depth > lowest for _, depth in extremities)
 
     async def get_context(
         self, ts: TenantStores, user_id: str, room_id: str, event_id: str, limit: int,
@@ -168,7 +305,7 @@ class PaginationHandler:
         not_found = MatrixError(404, Codes.NOT_FOUND, "Event not found")
         if (stored is None or stored.event.room_id != room_id or stored.outlier
                 or stored.rejected_reason is not None
-                or (access.upto is not None and stored.stream_ordering > access.upto)):
+                or access.hides(stored.event.depth, stored.stream_ordering)):
             raise not_found
         if not await filter_events_for_client(ts, user_id, [stored]):
             raise not_found
@@ -176,12 +313,14 @@ class PaginationHandler:
             limit = min(limit, event_filter.limit)
         before_n = limit // 2
         after_n = limit - before_n
-        pos = stored.stream_ordering
-        before = await ts.s.timeline.get_room_events(
-            tenant, room_id, from_pos=pos - 1, to_pos=None, backwards=True, limit=before_n,
+        timeline = ts.s.timeline
+        before = await timeline.get_room_events_topo(
+            tenant, room_id, from_pos=_before(stored), to_pos=None, backwards=True,
+            limit=before_n,
         ) if before_n else []
-        after = await ts.s.timeline.get_room_events(
-            tenant, room_id, from_pos=pos, to_pos=access.upto, backwards=False, limit=after_n,
+        after = await timeline.get_room_events_topo(
+            tenant, room_id, from_pos=_at(stored), to_pos=access.upto_topo, backwards=False,
+            limit=after_n,
         ) if after_n else []
 
         async def visible(rows: list[StoredEvent]) -> list[StoredEvent]:
@@ -191,15 +330,15 @@ class PaginationHandler:
         now = self._clock.time_ms()
         state = await ts.s.events.state.get_state_group(tenant, stored.state_group_after)
         state_events = await ts.s.events.get_events(tenant, state.values())
-        start_pos = (before[-1].stream_ordering - 1) if before else pos - 1
-        end_pos = after[-1].stream_ordering if after else pos
+        start_pos = _before(before[-1]) if before else _before(stored)
+        end_pos = _at(after[-1]) if after else _at(stored)
         return {
             "event": (await format_events(ts, [stored.event], now))[0],
             "events_before": await format_events(
                 ts, [se.event for se in await visible(before)], now),
             "events_after": await format_events(
                 ts, [se.event for se in await visible(after)], now),
-            "start": StreamToken(start_pos).encode(),
-            "end": StreamToken(end_pos).encode(),
+            "start": TopologicalToken.of(start_pos).encode(),
+            "end": TopologicalToken.of(end_pos).encode(),
             "state": await format_events(ts, state_events.values(), now),
         }

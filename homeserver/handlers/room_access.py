@@ -90,11 +90,19 @@ async def require_joined(ts: TenantStores, room_id: str, user_id: str) -> StateM
 @dataclass(frozen=True)
 class ReadAccess:
     """How far a user may read a room: ``upto`` is the stream position of
-    their leave (None: up to now)."""
+    their leave (None: up to now), ``upto_topo`` its topological position
+    ``(depth, stream_ordering)`` (history order, what pagination compares)."""
 
     membership: str | None
     upto: int | None
     state: StateMap
+    upto_topo: tuple[int, int] | None = None
+
+    def hides(self, depth: int, stream_ordering: int) -> bool:
+        """Whether an event at that position comes after the user's leave."""
+        if self.upto_topo is None:
+            return False
+        return (depth, stream_ordering) > self.upto_topo
 
 
 async def require_read_access(ts: TenantStores, room_id: str, user_id: str) -> ReadAccess:
@@ -111,7 +119,9 @@ async def require_read_access(ts: TenantStores, room_id: str, user_id: str) -> R
             upto = next((p for p, e in positions if e == member_eid), None)
             if upto is not None:
                 left_state = await ts.s.events.get_state_after(ts.server_name, member_eid)
-                return ReadAccess(membership, upto, left_state or state)
+                left = await ts.s.events.get_event(ts.server_name, member_eid)
+                depth = left.event.depth if left is not None else 0
+                return ReadAccess(membership, upto, left_state or state, (depth, upto))
     vis = await state_content(ts, state, "m.room.history_visibility")
     if state and (vis or {}).get("history_visibility") == "world_readable":
         return ReadAccess(membership, None, state)

@@ -26,7 +26,12 @@ from federation.errors import Codes, MatrixError
 from federation.events import Event
 from homeserver.handlers.client_events import format_events
 from homeserver.handlers.client_stores import TenantStores
-from homeserver.handlers.pagination import RoomEventFilter, StreamToken
+from homeserver.handlers.pagination import (
+    START_POS,
+    RoomEventFilter,
+    StreamToken,
+    TopologicalToken,
+)
 from homeserver.handlers.receipts import receipt_event
 from homeserver.handlers.typing import TypingHandler
 from homeserver.handlers.visibility import filter_events_for_client
@@ -187,18 +192,41 @@ class SyncHandler:
     async def _timeline(
         self, ctx: _Ctx, room_id: str, *, upto: int, after: int
     ) -> tuple[list[StoredEvent], bool]:
-        """The last visible events in ``(after, upto]``; ``limited`` if more exist."""
+        """The last visible events in ``(after, upto]``; ``limited`` if more exist.
+
+        Without ``after`` (negative: an initial sync), the room's latest
+        history in history order among the events stored up to ``upto``
+        (backfilled events included); otherwise what was stored after
+        ``after``, in stream order (what is new since the token)."""
         limit = ctx.flt.timeline.limit
         n = DEFAULT_TIMELINE_LIMIT if limit is None else limit
-        rows = await ctx.ts.s.timeline.get_room_events(
-            ctx.ts.server_name, room_id, from_pos=upto, to_pos=after, backwards=True,
-            limit=n + 1,
-        )
+        if after < 0:
+            rows = await ctx.ts.s.timeline.get_room_events_topo(
+                ctx.ts.server_name, room_id, from_pos=None, to_pos=None, backwards=True,
+                limit=n + 1, max_stream=upto,
+            )
+        else:
+            rows = await ctx.ts.s.timeline.get_room_events(
+                ctx.ts.server_name, room_id, from_pos=upto, to_pos=after, backwards=True,
+                limit=n + 1,
+            )
         limited = len(rows) > n
         rows = list(reversed(rows[:n]))
         visible = await filter_events_for_client(ctx.ts, ctx.user_id, rows)
         return [se for se in visible
                 if ctx.flt.timeline.matches(se.event.type, se.event.sender)], limited
+
+    async def _prev_batch(
+        self, ctx: _Ctx, room_id: str, timeline: list[StoredEvent], upto: int
+    ) -> str:
+        """A topological token just before the timeline (its earliest event in
+        history order), for ``/messages`` to continue backwards from."""
+        if timeline:
+            first = min(timeline, key=lambda se: (se.event.depth, se.stream_ordering))
+            return TopologicalToken(first.event.depth, first.stream_ordering - 1).encode()
+        pos = await ctx.ts.s.timeline.topo_position_at_stream(ctx.ts.server_name, room_id,
+                                                              upto)
+        return TopologicalToken.of(START_POS if pos is None else pos).encode()
 
     async def _format(self, ctx: _Ctx, events: list[Event]) -> list[JsonDict]:
         txn_ids = (await ctx.ts.s.txns.get_txn_ids_for_events(
@@ -260,13 +288,11 @@ class SyncHandler:
             ephemeral.append(rec)
         if not initial and not timeline and not state_events and not ephemeral:
             return None
-        prev = (timeline[0].stream_ordering - 1) if timeline else now.events
         return {
             "timeline": {
                 "events": await self._format(ctx, [se.event for se in timeline]),
                 "limited": limited,
-                "prev_batch": StreamToken(prev, now.receipts, now.typing,
-                                          now.account_data).encode(),
+                "prev_batch": await self._prev_batch(ctx, room_id, timeline, now.events),
             },
             "state": {"events": state_events},
             "ephemeral": {"events": ephemeral},
@@ -282,12 +308,11 @@ class SyncHandler:
         if ctx.since is None or limited:
             start = await self._state_at_start(ctx, room_id, timeline, upto)
             state_events = await self._state_events(ctx, start)
-        prev = (timeline[0].stream_ordering - 1) if timeline else upto
         return {
             "timeline": {
                 "events": await self._format(ctx, [se.event for se in timeline]),
                 "limited": limited,
-                "prev_batch": StreamToken(prev).encode(),
+                "prev_batch": await self._prev_batch(ctx, room_id, timeline, upto),
             },
             "state": {"events": state_events},
             "account_data": {"events": []},

@@ -59,9 +59,10 @@ async def filter_events_for_client(
         return []
     tenant = ts.server_name
     state_store = ts.s.events.state
-    # Stream positions of the user's joins, per room: rule 3 asks whether
-    # one comes after the event.
-    joins: dict[str, list[int]] = {}
+    # History positions (depth, stream ordering) of the user's joins, per
+    # room: rule 3 asks whether one comes after the event in the room's
+    # history (not in the order this server happened to receive them).
+    joins: dict[str, list[tuple[int, int]]] = {}
     needed: set[str] = set()
     states: dict[int | None, StateMap] = {}
     for se in events:
@@ -74,7 +75,7 @@ async def filter_events_for_client(
             if positions:
                 loaded = await ts.s.events.get_events(tenant, [e for _, e in positions])
                 joins[room] = [
-                    pos for pos, eid in positions
+                    (loaded[eid].depth, pos) for pos, eid in positions
                     if eid in loaded and _membership(loaded[eid].content) == "join"
                 ]
         group = se.state_group_before
@@ -94,7 +95,7 @@ async def filter_events_for_client(
         state = states[se.state_group_before]
         vis = _visibility(contents.get(state.get(HV_KEY, "")))
         member = _membership(contents.get(state.get(("m.room.member", user_id), "")))
-        joined_later = any(p > se.stream_ordering for p in joins[ev.room_id])
+        joined_later = any(p > (ev.depth, se.stream_ordering) for p in joins[ev.room_id])
         ok = is_allowed(vis, member, joined_later)
         if not ok and ev.type == "m.room.history_visibility" and ev.state_key == "":
             ok = is_allowed(_visibility(ev.content), member, joined_later)

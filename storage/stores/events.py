@@ -56,7 +56,10 @@ class NewEvent:
     prev_events (the create event), or the state after its only prev event.
     An event with several prev_events needs it (resolved by the caller, see
     ``federation.state_res``). An ``outlier`` has no known state: only the
-    event and its edges are stored.
+    event and its edges are stored. A ``backfilled`` event is history fetched
+    with ``/backfill``: it takes a negative stream ordering (before every
+    event received live, so an incremental ``/sync`` never shows it as new)
+    and leaves the forward extremities alone.
     """
 
     event: Event
@@ -64,6 +67,7 @@ class NewEvent:
     rejected_reason: str | None = None
     soft_failed: bool = False
     outlier: bool = False
+    backfilled: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,14 +388,14 @@ class EventStore:
             return [results[i.event.event_id] for i in items]
 
         groups_by_event = await self._plan_states_txn(txn, tenant, to_write)
-        first_stream = await allocate_counter(txn, tenant, "stream", len(to_write))
+        streams = await self._allocate_streams_txn(txn, tenant, to_write)
 
         event_rows: list[tuple[Any, ...]] = []
         promote_rows: list[tuple[Any, ...]] = []
         for n, item in enumerate(to_write):
             ev = item.event
             before, after = groups_by_event[ev.event_id]
-            stream = first_stream + n
+            stream = streams[n]
             results[ev.event_id] = PersistedEvent(ev.event_id, stream, before, after, True)
             if ev.event_id in promote:
                 promote_rows.append((
@@ -439,7 +443,102 @@ class EventStore:
             ],
         )
         await self._update_extremities_txn(txn, tenant, to_write)
+        await self._update_backward_extremities_txn(txn, tenant, to_write)
         return [results[i.event.event_id] for i in items]
+
+    @staticmethod
+    async def _allocate_streams_txn(
+        txn: Writer, tenant: str, items: Sequence[NewEvent]
+    ) -> list[int]:
+        """Stream orderings for ``items``, in order.
+
+        Live events count up from 1 (counter ``stream``); backfilled events
+        count down from -1 (counter ``backfill_stream``), so each backfilled
+        batch sorts before everything stored earlier, and within a batch
+        later items (newer history) still get larger orderings.
+        """
+        n_live = sum(1 for i in items if not i.backfilled)
+        n_back = len(items) - n_live
+        next_live = await allocate_counter(txn, tenant, "stream", n_live) if n_live else 0
+        back = (await allocate_counter(txn, tenant, "backfill_stream", n_back)
+                if n_back else 0)
+        # The batch takes -(back + n_back - 1) .. -back, oldest first.
+        next_back = -(back + n_back - 1)
+        out: list[int] = []
+        for item in items:
+            if item.backfilled:
+                out.append(next_back)
+                next_back += 1
+            else:
+                out.append(next_live)
+                next_live += 1
+        return out
+
+    async def _update_backward_extremities_txn(
+        self, txn: Writer, tenant: str, written: Sequence[NewEvent]
+    ) -> None:
+        """Keep ``event_backward_extremities``: an event that joins the
+        timeline stops being one; the prev_events of an accepted timeline
+        event that are not timeline events here become one (the point where
+        ``/backfill`` continues history)."""
+        timeline = [i.event for i in written if not i.outlier]
+        if not timeline:
+            return
+        ids = [ev.event_id for ev in timeline]
+        for part in chunks(ids):
+            await txn.execute(
+                "DELETE FROM event_backward_extremities WHERE tenant = $1 "
+                f"AND event_id IN ({in_list(part, 2)})",
+                tenant,
+                *part,
+            )
+        accepted = [
+            i.event for i in written
+            if not i.outlier and not i.soft_failed and i.rejected_reason is None
+        ]
+        prevs = list({p for ev in accepted for p in ev.prev_event_ids} - set(ids))
+        if not prevs:
+            return
+        in_timeline: set[str] = set()
+        for part in chunks(prevs):
+            rows = await txn.fetch(
+                "SELECT event_id FROM events WHERE tenant = $1 AND outlier = 0 "
+                f"AND event_id IN ({in_list(part, 2)})",
+                tenant,
+                *part,
+            )
+            in_timeline.update(str(r[0]) for r in rows)
+        rows_out: dict[tuple[str, str], int] = {}
+        for ev in accepted:
+            for p in ev.prev_event_ids:
+                if p in in_timeline or p in ids:
+                    continue
+                key = (ev.room_id, p)
+                rows_out[key] = max(rows_out.get(key, ev.depth), ev.depth)
+        await txn.executemany(
+            "INSERT INTO event_backward_extremities (tenant, room_id, event_id, depth) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            [(tenant, room, p, d) for (room, p), d in rows_out.items()],
+        )
+
+    async def get_backward_extremities(
+        self, tenant: str, room_id: str, *, max_depth: int | None = None,
+        txn: Queryable | None = None,
+    ) -> list[tuple[str, int]]:
+        """The room's backward extremities as ``(event_id, depth of the child
+        that refers to it)``, deepest first; ``max_depth`` leaves out those
+        whose child is deeper."""
+        args: list[Any] = [tenant, room_id]
+        clause = ""
+        if max_depth is not None:
+            clause = "AND depth <= $3 "
+            args.append(max_depth)
+        rows = await self._conn(txn).fetch(
+            "SELECT event_id, depth FROM event_backward_extremities "
+            f"WHERE tenant = $1 AND room_id = $2 {clause}ORDER BY depth DESC, event_id",
+            *args,
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
 
     async def _plan_states_txn(
         self, txn: Writer, tenant: str, items: Sequence[NewEvent]
@@ -559,6 +658,7 @@ class EventStore:
             i.event
             for i in written
             if not i.outlier and not i.soft_failed and i.rejected_reason is None
+            and not i.backfilled
         ]
         if not accepted:
             return

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from homeserver.auth import Requester
+from homeserver.handlers.backfill import PaginationBackfiller
 from homeserver.handlers.client_stores import DatabaseStores, TenantStores
 from homeserver.handlers.directory import DirectoryHandler
 from homeserver.handlers.message import MessageHandler
@@ -61,6 +62,31 @@ class _RemoteProxy:
         return getattr(target, name)
 
 
+class _FederationBackfill:
+    """:class:`~homeserver.handlers.pagination.RoomBackfiller` over federation
+    (``hs.keys``: keyring and signed client), one per database."""
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+        self._by_db: dict[int, tuple[Database, PaginationBackfiller]] = {}
+
+    async def backfill(
+        self, ts: TenantStores, room_id: str, *, max_depth: int | None, limit: int
+    ) -> int:
+        keys = getattr(self._hs, "keys", None)
+        if keys is None:
+            return 0
+        found = self._by_db.get(id(ts.db))
+        if found is None or found[0] is not ts.db:
+            found = (ts.db, PaginationBackfiller(
+                db=ts.db, events=ts.s.events, keyring=keys.keyring, client=keys.client,
+                clock=self._hs.clock,
+            ))
+            self._by_db[id(ts.db)] = found
+        return await found[1].backfill(ts.server_name, room_id, max_depth=max_depth,
+                                       limit=limit)
+
+
 class ClientAPI:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
@@ -86,7 +112,7 @@ class ClientAPI:
             default_room_version=hs.config.default_room_version,
             check_can_create_room=self._check_can_create_room,
         )
-        self.pagination = PaginationHandler(clock)
+        self.pagination = PaginationHandler(clock, backfiller=_FederationBackfill(hs))
         self.receipts = ReceiptsHandler(clock, notifier, send_edu=self.send_edu_to_room)
         self.sync = SyncHandler(clock, notifier, self.typing)
         self._by_db: dict[int, DatabaseStores] = {}
