@@ -43,6 +43,7 @@ from federation.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, get_room
 from homeserver.handlers.event_receipt import Outcome
 from homeserver.handlers.missing_events import MissingEventsFetcher
 from homeserver.handlers.room_acl import RoomServerAcls
+from homeserver.handlers.room_joins import RoomJoins
 from homeserver.metrics import FederationMetrics
 from storage.stores.events import EventStore
 from storage.stores.federation_inbound import FederationInboundStore
@@ -109,6 +110,12 @@ class TransactionHandler:
         self.typing: dict[tuple[str, str, str], bool] = {}
         #: Receipts seen per (tenant, room_id, receipt_type, user_id) -> event IDs.
         self.receipts: dict[tuple[str, str, str, str], list[str]] = {}
+        #: ``pdu_refusal(tenant, pdu)``: why a PDU is refused before any check
+        #: (the trust domain, docs/usage/trust_domain.md), or None.
+        self.pdu_refusal: Callable[[str, Mapping[str, Any]], str | None] | None = None
+        #: Remote joins in progress: a PDU for a room being joined waits for
+        #: the join instead of being refused as for an unknown room.
+        self.joins: RoomJoins | None = None
         #: Called with ``(tenant, [event])`` for each PDU accepted (wakes /sync).
         self.on_events: list[Callable[[str, list[Event]], None]] = []
         #: Called after each transaction from ``origin`` with ``(tenant, origin)``:
@@ -219,6 +226,13 @@ class TransactionHandler:
                 self._metrics.inbound_pdus.labels("refused").inc()
                 results[event_id] = {"error": error or "unknown room version"}
                 continue
+            refused = self.pdu_refusal(tenant, pdu) if self.pdu_refusal is not None else None
+            if refused is not None:
+                # Trust domain: an event originated by a server outside it,
+                # relayed by a trusted one; refused before any key lookup.
+                logger.info("RX [%s] %s refused: %s", origin, event_id, refused)
+                results[event_id] = {"error": refused}
+                continue
             room_id = pdu["room_id"]
             if not await self._acls.allows(tenant, room_id, origin):
                 logger.info("RX [%s] %s refused: server ACL of %s", origin, event_id, room_id)
@@ -252,6 +266,12 @@ class TransactionHandler:
         if not isinstance(room_id, str):
             return None, "PDU has no room_id"
         rv_id = await self._events.state.get_room_version_id(tenant, room_id)
+        if rv_id is None and self.joins is not None and await self.joins.wait(
+            tenant, room_id, self._clock
+        ):
+            # Sent on by the resident that just accepted our join (spec
+            # "Joining Rooms") before that join was stored here.
+            rv_id = await self._events.state.get_room_version_id(tenant, room_id)
         if rv_id is None:
             return None, f"unknown room {room_id}"
         return get_room_version(rv_id), None

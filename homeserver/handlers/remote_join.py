@@ -38,6 +38,7 @@ from federation.keyring import Keyring
 from federation.room_versions import SUPPORTED_ROOM_VERSIONS, RoomVersion, get_room_version
 from federation.signing import add_hashes_and_signatures
 from federation.transport.client import FederationClient, FederationClientError
+from homeserver.handlers.room_joins import room_joins
 from homeserver.handlers.room_state import update_current_state_txn
 from storage.database import Database
 from storage.stores.events import EventStore, NewEvent
@@ -160,15 +161,18 @@ class RemoteJoiner:
             raise MatrixError(404, Codes.NOT_FOUND,
                               f"No server to join {room_id} through; give one with via")
         last: MatrixError | None = None
-        for server in candidates:
-            try:
-                return await self._join_via(tenant, user_id, room_id, server, content or {})
-            except FederationClientError as e:
-                logger.info("Joining %s via %s failed: %s", room_id, server, e)
-                last = _as_matrix_error(e, f"join {room_id} via {server}")
-            except MatrixError as e:
-                logger.info("Joining %s via %s failed: %s", room_id, server, e.msg)
-                last = e
+        # Once a resident accepts our join it sends us the room's events; those
+        # that arrive before the room is stored wait for it (RoomJoins).
+        async with room_joins(self._db).joining(tenant, room_id):
+            for server in candidates:
+                try:
+                    return await self._join_via(tenant, user_id, room_id, server, content or {})
+                except FederationClientError as e:
+                    logger.info("Joining %s via %s failed: %s", room_id, server, e)
+                    last = _as_matrix_error(e, f"join {room_id} via {server}")
+                except MatrixError as e:
+                    logger.info("Joining %s via %s failed: %s", room_id, server, e.msg)
+                    last = e
         assert last is not None
         raise last
 
