@@ -11,8 +11,9 @@ applies to each hosted name and enforces it at the node's edges:
 - outbound: the federation client refuses to send anything to a server
   outside the requesting name's domain (:class:`UntrustedDestinationError`,
   a 403 that never touches the network), so joins via, invites to and
-  queries of such servers fail at once; the outbox never queues deliveries
-  for them (:meth:`TrustDomain.filter_destinations`);
+  queries of such servers fail at once; PDUs the outbox holds for them go
+  to the dead letters with reason ``untrusted``, unsent, and EDUs are not
+  queued for them (:meth:`TrustDomain.filter_destinations`);
 - keys: the keyring never fetches keys of a server outside every hosted
   name's domain, and never asks a notary outside it.
 
@@ -57,6 +58,9 @@ class UntrustedDestinationError(FederationHttpError):
     joins, invites, queries) report it like a peer's refusal; nothing went
     over the network.
     """
+
+    #: The sender moves what it could not send to the dead letters with this reason.
+    dead_letter_reason = "untrusted"
 
     def __init__(self, destination: str, message: str) -> None:
         super().__init__(destination, 403, {"errcode": "M_FORBIDDEN", "error": message})
@@ -174,7 +178,7 @@ class TrustDomain:
             if refused is None:
                 allowed.add(d)
             else:
-                logger.warning("TX [%s] not queued from %s (untrusted): %s", d, origin, refused)
+                logger.info("TX [%s] EDU from %s not queued (untrusted): %s", d, origin, refused)
         return allowed
 
     def pdu_refusal(self, local_name: str, pdu: Mapping[str, Any]) -> str | None:
@@ -281,14 +285,7 @@ async def install_trust(hs: Any) -> TrustDomain:
 
 
 def attach_sender(trust: TrustDomain, sender: Any) -> None:
-    """The outbox queues nothing for servers outside the domain."""
-    if sender is None:
-        return
-    set_filter = getattr(sender, "set_destination_filter", None)
-    if set_filter is not None:
-        set_filter(trust.filter_destinations)
-        return
-    from homeserver.federation_sender.outbox import register_destination_filter
-
-    for store in getattr(sender, "_stores", {}).values():
-        register_destination_filter(store.database, trust.filter_destinations)
+    """EDUs are not queued for servers outside the domain; PDUs queued for
+    them are dead-lettered ``untrusted`` by the sender, never sent."""
+    if sender is not None:
+        sender.destination_filter = trust.filter_destinations

@@ -20,44 +20,20 @@ from storage.database import Database, Transaction
 from storage.stores.events import EventStore
 from storage.stores.outbox import OutboxStore
 
-__all__ = [
-    "DestinationFilter",
-    "OutboxWriter",
-    "destination_filter_for",
-    "joined_servers_txn",
-    "register_destination_filter",
-    "register_waker",
-]
+__all__ = ["OutboxWriter", "joined_servers_txn", "register_waker"]
 
 #: Member events seen, by ID (an ID fixes its content, so entries never go stale).
 _MEMBER_CACHE_SIZE = 100_000
 
 EnqueuedCallback = Callable[[Database, str, Collection[str]], None]
 
-#: ``filter(origin, destinations) -> the allowed ones``: the trust domain
-#: (docs/usage/trust_domain.md). Deliveries to the others are never queued.
-DestinationFilter = Callable[[str, Collection[str]], set[str]]
-
 #: The sender serving each open database (``FederationSender.serve``), for
 #: writers built without one, such as the client API's.
 _wakers: weakref.WeakKeyDictionary[Database, EnqueuedCallback] = weakref.WeakKeyDictionary()
 
 
-#: The trust domain of the node serving each open database.
-_filters: weakref.WeakKeyDictionary[Database, DestinationFilter] = weakref.WeakKeyDictionary()
-
-
 def register_waker(db: Database, callback: EnqueuedCallback) -> None:
     _wakers[db] = callback
-
-
-def register_destination_filter(db: Database, fn: DestinationFilter) -> None:
-    """Every writer over ``db`` queues only for the destinations ``fn`` allows."""
-    _filters[db] = fn
-
-
-def destination_filter_for(db: Database) -> DestinationFilter | None:
-    return _filters.get(db)
 
 
 class _MemberCache:
@@ -156,9 +132,6 @@ class OutboxWriter:
         ``txn``; returns them."""
         destinations = await self.destinations_for_event_txn(txn, tenant, event)
         destinations.difference_update(exclude)
-        allowed = _filters.get(self._db)
-        if allowed is not None and destinations:
-            destinations = allowed(tenant, destinations)
         if destinations:
             await self.store.enqueue_pdu_txn(
                 txn, tenant, destinations, event.event_id, event.room_id, self._clock.time_ms()

@@ -61,7 +61,9 @@ DEFAULT_SWEEP_INTERVAL_S = 60.0
 
 
 def failure_reason(e: FederationClientError) -> str:
-    """The ``reason`` label of a failed attempt; ``http_4xx`` is final."""
+    """The ``reason`` label of a failed attempt; ``http_4xx`` and ``untrusted`` are final."""
+    if getattr(e, "dead_letter_reason", None) == DeadLetterReason.UNTRUSTED.value:
+        return "untrusted"  # refused locally: outside the trust domain, nothing was sent
     if isinstance(e, FederationHttpError):
         if e.status == 429:
             return "http_429"
@@ -193,13 +195,15 @@ class _Queue:
         now = sender.clock.time_ms()
         reason = failure_reason(e)
         metrics.transactions_failed.labels(reason).inc()
-        if reason == "http_4xx":
-            # The peer is up and said no: the same txnId would get the same answer.
+        if reason in ("http_4xx", "untrusted"):
+            # The peer is up and said no (or we may not talk to it at all):
+            # the same txnId would get the same answer.
+            why = (DeadLetterReason.UNTRUSTED if reason == "untrusted"
+                   else DeadLetterReason.REJECTED)
             n = await self.dead.dead_letter_transaction(
-                self.origin, self.destination, txn.txn_id, DeadLetterReason.REJECTED, now,
-                e.reason,
+                self.origin, self.destination, txn.txn_id, why, now, e.reason,
             )
-            metrics.dead_lettered.labels(DeadLetterReason.REJECTED.value).inc(n)
+            metrics.dead_lettered.labels(why.value).inc(n)
             logger.warning("%s %s refused (%s): %d deliveries moved to dead letters",
                            log_prefix, txn.txn_id, e.reason, n)
             await sender.refresh_dead_letter_gauge()
@@ -327,6 +331,11 @@ class FederationSender:
         self._background: set[asyncio.Task[None]] = set()
         self.sent_transactions = 0
         self.sent_pdus = 0
+        #: The trust domain (docs/usage/trust_domain.md): ``filter(origin,
+        #: destinations) -> allowed``. EDUs (ephemeral) are not queued for the
+        #: others; PDUs queued for them are dead-lettered ``untrusted`` unsent
+        #: (the client's guard refuses them, see :func:`failure_reason`).
+        self.destination_filter: Callable[[str, Collection[str]], set[str]] | None = None
 
     def _store(self, db: Database) -> OutboxStore:
         store = self._stores.get(id(db))
@@ -426,6 +435,8 @@ class FederationSender:
         """Queue an EDU (``m.typing``, ``m.receipt``...) from ``origin`` to each
         destination (ours and ``origin`` itself are skipped) and wake their queues."""
         dests = sorted({d for d in destinations if d and d != origin})
+        if self.destination_filter is not None and dests:
+            dests = sorted(self.destination_filter(origin, dests))
         if not dests:
             return
         store = await self._store_for(origin)

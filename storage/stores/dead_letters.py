@@ -48,6 +48,9 @@ class DeadLetterReason(enum.StrEnum):
     PDU_REJECTED = "pdu_rejected"
     #: The event is no longer stored here (purged), so it cannot be sent.
     EVENT_MISSING = "event_missing"
+    #: The destination is outside the trust domain (docs/usage/trust_domain.md):
+    #: never sent.
+    UNTRUSTED = "untrusted"
 
 
 _OUTBOX_COLUMNS = (

@@ -143,6 +143,9 @@ class InboundContext:
             window_ms=hs.config.federation.inbound_transaction_window,
             metrics=hs.metrics.federation,
         )
+        trust = getattr(hs, "trust", None)
+        if trust is not None:
+            transactions.pdu_refusal = trust.pdu_refusal
         server = FederationServer(
             db=db, events=events, receipt=receipt, visibility=visibility,
             keyring=keys.keyring, store=store, clock=hs.clock,
