@@ -29,11 +29,12 @@ from federation.clock import FakeClock
 from federation.events import Event
 from federation.hashes import compute_event_id
 from federation.room_versions import RoomVersion
-from federation.server_keys import build_server_key_response
+from federation.server_keys import OldVerifyKey, build_server_key_response
 from federation.signing import add_hashes_and_signatures
 from federation.transport.client import FederationClient, FederationHttpError
 from homeserver.config import parse_config
 from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.http import trust as trust_check
 from homeserver.http import x_matrix
 from homeserver.keys import key_service_for
 from homeserver.rest import federation as federation_rest
@@ -88,6 +89,10 @@ class Peer:
         self.state_ids: dict[str, tuple[list[str], list[str]]] = {}
         self.missing_events_answer: list[dict[str, Any]] | None = None
         self.counts: Counter[str] = Counter()
+        #: Retired keys published under old_verify_keys.
+        self.old_keys: list[OldVerifyKey] = []
+        #: Transactions the node sent to this peer (answered 200, nothing kept).
+        self.received: list[dict[str, Any]] = []
         self.url = ""
 
     def event(self, rv: RoomVersion, **pdu: Any) -> dict[str, Any]:
@@ -117,7 +122,8 @@ class Peer:
         async def key(request: web.Request) -> web.Response:
             self.counts["key"] += 1
             return web.json_response(build_server_key_response(
-                self.name, [self.key], [], now_ms=self.clock.time_ms(), validity_ms=86400_000
+                self.name, [self.key], self.old_keys, now_ms=self.clock.time_ms(),
+                validity_ms=86400_000,
             ))
 
         async def event(request: web.Request) -> web.Response:
@@ -144,7 +150,13 @@ class Peer:
             self.counts["event_auth"] += 1
             return web.json_response({"auth_chain": list(self.served.values())})
 
+        async def send(request: web.Request) -> web.Response:
+            self.counts["send"] += 1
+            self.received.append(await request.json())
+            return web.json_response({"pdus": {}})
+
         app.router.add_get("/_matrix/key/v2/server", key)
+        app.router.add_put("/_matrix/federation/v1/send/{txn_id}", send)
         app.router.add_get("/_matrix/federation/v1/event/{event_id}", event)
         app.router.add_get("/_matrix/federation/v1/state_ids/{room_id}", state_ids)
         app.router.add_post("/_matrix/federation/v1/get_missing_events/{room_id}", missing)
@@ -194,7 +206,8 @@ class NodeAndPeer:
                 raw[key] = value
         cfg = parse_config(raw, base_dir=str(d))
         hs = await HomeServer.start(cfg, clock=clock, registrars={
-            "federation": [x_matrix.register, keys_rest.register, federation_rest.register],
+            "federation": [trust_check.register, x_matrix.register, keys_rest.register,
+                           federation_rest.register],
         })
         self._started.append(hs)
         peer = Peer(PEER, clock, session)
