@@ -39,6 +39,7 @@ import yaml
 __all__ = [
     "ConfigError",
     "DatabaseConfig",
+    "DiscoveryConfig",
     "FederationConfig",
     "HomeserverConfig",
     "ListenerConfig",
@@ -424,6 +425,88 @@ class RatelimitingConfig:
     )
 
 
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    enabled: bool = _opt(
+        "Run the room discovery crawler and health prober (one background task per "
+        "node, started with the client listener; docs/usage/room_discovery.md). The "
+        "search API answers from the index either way.",
+        default=True,
+        example=False,
+    )
+    crawl_interval: int = _opt(
+        "How often each healthy peer's published room directory is crawled (a duration).",
+        default=900_000,
+        kind="duration",
+        minimum=1_000,
+        default_doc='"15m"',
+        example="1h",
+    )
+    crawl_jitter: int = _opt(
+        "A random delay of up to this much is added to each peer's next crawl, so that "
+        "nodes started together do not crawl in step (a duration).",
+        default=120_000,
+        kind="duration",
+        minimum=0,
+        default_doc='"2m"',
+        example="5m",
+    )
+    health_probe_interval: int = _opt(
+        "How often each peer is probed (`/_matrix/federation/v1/version` and its keys; "
+        "a duration).",
+        default=60_000,
+        kind="duration",
+        minimum=1_000,
+        default_doc='"1m"',
+        example="30s",
+    )
+    health_window: int = _opt(
+        "The rolling window of probes a peer's health is judged on (a duration).",
+        default=600_000,
+        kind="duration",
+        minimum=1_000,
+        default_doc='"10m"',
+        example="30m",
+    )
+    health_offline_failures: int = _opt(
+        "Consecutive failed probes that make a peer `offline` (fewer failures in the "
+        "window make it `degraded`).",
+        default=3,
+        minimum=1,
+        example=5,
+    )
+    health_degraded_latency: int = _opt(
+        "A median probe latency above this makes a peer `degraded` (a duration).",
+        default=2_000,
+        kind="duration",
+        minimum=1,
+        default_doc='"2s"',
+        example="500ms",
+    )
+    offline_threshold: int = _opt(
+        "A peer `offline` for this long has its rooms dropped from search results (they "
+        "come back when it is healthy again; it stays in the trust domain; a duration).",
+        default=3_600_000,
+        kind="duration",
+        minimum=0,
+        default_doc='"1h"',
+        example="6h",
+    )
+    peers: tuple[str, ...] = _opt(
+        "Further servers to crawl besides the literal names of the trust domain (they "
+        "must be in it). The admin API and `homeserver discovery add-peer` add more at "
+        "run time.",
+        default=(),
+        example=["rooms.example.org"],
+    )
+    max_rooms_per_peer: int = _opt(
+        "At most this many rooms of one peer's directory are indexed.",
+        default=10_000,
+        minimum=1,
+        example=1000,
+    )
+
+
 TenantMode = Literal["shared", "dedicated"]
 
 
@@ -607,6 +690,12 @@ class HomeserverConfig:
         "inbound federation requests per origin server.",
         default=RatelimitingConfig(),
         example={"login_per_address_burst": 5},
+    )
+    discovery: DiscoveryConfig = _opt(
+        "Room discovery: a searchable index of the public rooms of the servers in the "
+        "trust domain, with their health (docs/usage/room_discovery.md).",
+        default=DiscoveryConfig(),
+        example={"crawl_interval": "1h"},
     )
     tenants: tuple[TenantConfig, ...] = _opt(
         "Further server names this node hosts, each with its own keys, users and "
@@ -990,6 +1079,9 @@ def _check_semantics(loader: _Loader, cfg: HomeserverConfig) -> HomeserverConfig
     _check_trusted_servers(loader, "federation.trusted_servers", cfg.federation.trusted_servers)
     for i, t in enumerate(cfg.tenants):
         _check_trusted_servers(loader, f"tenants[{i}].trusted_servers", t.trusted_servers)
+    for i, peer in enumerate(cfg.discovery.peers):
+        if not valid_server_name(peer):
+            loader.problem(f"discovery.peers[{i}]", f"{peer!r} is not a server name")
 
     for name, url in cfg.federation.destination_overrides.items():
         where = f"federation.destination_overrides.{name}"

@@ -36,6 +36,7 @@ from federation.hashes import compute_room_id
 from federation.keyring import Keyring
 from federation.redaction import redact
 from federation.room_versions import RoomVersion, get_room_version
+from homeserver.discovery.directory import PublishedDirectory
 from homeserver.handlers.event_creation import MAX_PREV_EVENTS
 from homeserver.handlers.event_receipt import EventReceiptHandler, Outcome
 from homeserver.handlers.missing_events import _check_own_auth, _own_auth_ids
@@ -637,67 +638,12 @@ class FederationServer:
         limit: int | None,
         since: str | None,
         search_term: str | None = None,
+        room_types: Sequence[str | None] | None = None,
+        third_party_instance_id: str | None = None,
     ) -> dict[str, Any]:
-        """``GET``/``POST /publicRooms``: the tenant's published rooms, largest first."""
-        ids = [] if self._published is None else await self._published.public_room_ids(tenant)
-        chunk = [await self._room_summary(tenant, r) for r in ids]
-        entries = [c for c in chunk if c is not None]
-        if search_term:
-            term = search_term.casefold()
-            entries = [
-                c for c in entries
-                if any(term in str(c.get(k, "")).casefold()
-                       for k in ("name", "topic", "canonical_alias", "room_id"))
-            ]
-        entries.sort(key=lambda c: (-int(c["num_joined_members"]), str(c["room_id"])))
-        start = 0
-        if since:
-            if not since.isdigit():
-                raise MatrixError(400, Codes.INVALID_PARAM, "since is not a token of ours")
-            start = int(since)
-        end = len(entries) if not limit or limit <= 0 else start + limit
-        out: dict[str, Any] = {
-            "chunk": entries[start:end],
-            "total_room_count_estimate": len(entries),
-        }
-        if end < len(entries):
-            out["next_batch"] = str(end)
-        if start > 0:
-            out["prev_batch"] = str(max(0, start - (limit or start)))
-        return out
-
-    async def _room_summary(self, tenant: str, room_id: str) -> dict[str, Any] | None:
-        current = await self._events.state.get_current_state(tenant, room_id)
-        if not current:
-            return None
-        loaded = await self._events.get_events(tenant, current.values())
-        by_key = {k: loaded[e] for k, e in current.items() if e in loaded}
-
-        def content(event_type: str) -> Mapping[str, Any]:
-            ev = by_key.get((event_type, ""))
-            return ev.content if ev is not None else {}
-
-        joined = sum(1 for (t, _), ev in by_key.items()
-                     if t == "m.room.member" and ev.membership == "join")
-        summary: dict[str, Any] = {
-            "room_id": room_id,
-            "num_joined_members": joined,
-            "world_readable":
-                content("m.room.history_visibility").get("history_visibility")
-                == "world_readable",
-            "guest_can_join": content("m.room.guest_access").get("guest_access") == "can_join",
-            "join_rule": content("m.room.join_rules").get("join_rule", "invite"),
-        }
-        for key, event_type, field in (
-            ("name", "m.room.name", "name"),
-            ("topic", "m.room.topic", "topic"),
-            ("canonical_alias", "m.room.canonical_alias", "alias"),
-            ("avatar_url", "m.room.avatar", "url"),
-        ):
-            value = content(event_type).get(field)
-            if isinstance(value, str) and value:
-                summary[key] = value
-        room_type = content("m.room.create").get("type")
-        if isinstance(room_type, str):
-            summary["room_type"] = room_type
-        return summary
+        """``GET``/``POST /publicRooms``: the tenant's published rooms, largest
+        first, with keyset pagination tokens (homeserver/discovery/directory.py)."""
+        return await PublishedDirectory(self._events, self._published).page(
+            tenant, limit=limit, since=since, search_term=search_term, room_types=room_types,
+            third_party_instance_id=third_party_instance_id,
+        )

@@ -27,6 +27,7 @@ from homeserver.rest import admin, federation, federation_version, health, keys
 from homeserver.rest.client import account, capabilities, login, profile, rooms, sync, versions
 from homeserver.rest.client import client_api as client_api_module
 from homeserver.rest.client import directory as client_directory
+from homeserver.rest.client import discovery as client_discovery
 from homeserver.rest.client import register as client_register
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ CLIENT: tuple[Registrar, ...] = (
     client_directory.register,
     profile.register,
     capabilities.register,
+    client_discovery.register,
 )
 
 FEDERATION: tuple[Registrar, ...] = (

@@ -330,7 +330,7 @@ async def test_queries_and_public_rooms(sqlite_setup: Setup) -> None:
     assert lobby["name"] == "Lobby" and lobby["num_joined_members"] == 1
     assert lobby["world_readable"] is False and lobby["guest_can_join"] is False
     status, page = await peer.request("GET", p, query={"limit": 1})
-    assert len(page["chunk"]) == 1 and page["next_batch"] == "1"
+    assert len(page["chunk"]) == 1 and isinstance(page["next_batch"], str)
     status, page2 = await peer.request("GET", p, query={"limit": 1, "since": page["next_batch"]})
     assert len(page2["chunk"]) == 1 and page2["chunk"] != page["chunk"]
     status, found = await peer.request("POST", p, {"filter": {"generic_search_term": "lobb"}})

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from homeserver.rest.admin import discovery, tenants, trust, users
 from homeserver.rest.admin import register as shared_secret
-from homeserver.rest.admin import tenants, trust, users
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -21,3 +21,4 @@ def register(app: web.Application, hs: HomeServer) -> None:
     tenants.register(app, hs)
     users.register(app, hs)
     trust.register(app, hs)
+    discovery.register(app, hs)

@@ -1,0 +1,160 @@
+"""A tenant's published room directory, as federation ``publicRooms`` serves it.
+
+Spec: server-server-api "Public Room Directory" (``public_rooms.yaml``) and
+the ``PublishedRoomsChunk`` of client-server ``public_rooms_chunk.yaml``:
+``room_id``, ``num_joined_members``, ``world_readable`` and
+``guest_can_join`` always; ``name``, ``topic``, ``canonical_alias``,
+``avatar_url``, ``join_rule`` and ``room_type`` when set. The federation
+servlet answers from :meth:`PublishedDirectory.page`; the discovery crawler
+indexes this node's own tenants from it too, without HTTP.
+
+Order: largest joined member count first, then room ID (the spec's
+recommended order). Tokens are keyset positions, not offsets: ``next_batch``
+means "after (members, room ID) of the last room shown", ``prev_batch``
+"before the first one", so a room published or removed between two calls
+shifts no other room into a duplicate or a gap.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from federation.errors import Codes, MatrixError
+
+__all__ = ["PublishedDirectory", "PublishedRooms", "StateReader"]
+
+
+class PublishedRooms(Protocol):
+    async def public_room_ids(self, tenant: str) -> list[str]: ...
+
+
+class StateReader(Protocol):
+    """What the summaries need of the event store."""
+
+    @property
+    def state(self) -> Any: ...
+
+    async def get_events(self, tenant: str, event_ids: Collection[str]) -> Mapping[str, Any]: ...
+
+
+_Key = tuple[int, str]  # (-num_joined_members, room_id): ascending is the directory order
+
+
+def _encode(direction: str, key: _Key) -> str:
+    raw = json.dumps([direction, -key[0], key[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(token: str) -> tuple[str, _Key]:
+    bad = MatrixError(400, Codes.INVALID_PARAM, "since is not a pagination token of ours")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        direction, members, room_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise bad from None
+    if direction not in ("n", "p") or type(members) is not int or not isinstance(room_id, str):
+        raise bad
+    return direction, (-members, room_id)
+
+
+class PublishedDirectory:
+    def __init__(self, events: StateReader, published: PublishedRooms | None) -> None:
+        self._events = events
+        self._published = published
+
+    async def summaries(self, tenant: str) -> list[dict[str, Any]]:
+        """Every published room of ``tenant`` with its summary, in directory order."""
+        ids = [] if self._published is None else await self._published.public_room_ids(tenant)
+        out = []
+        for room_id in ids:
+            summary = await self.room_summary(tenant, room_id)
+            if summary is not None:
+                out.append(summary)
+        out.sort(key=lambda c: (-int(c["num_joined_members"]), str(c["room_id"])))
+        return out
+
+    async def page(
+        self,
+        tenant: str,
+        *,
+        limit: int | None,
+        since: str | None,
+        search_term: str | None = None,
+        room_types: Sequence[str | None] | None = None,
+        third_party_instance_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the directory (``limit`` 0 or None: every room)."""
+        direction, key = _decode(since) if since else ("n", None)
+        if third_party_instance_id is not None:
+            # No application services bridge networks into this directory.
+            return {"chunk": [], "total_room_count_estimate": 0}
+        entries = await self.summaries(tenant)
+        if search_term:
+            term = search_term.casefold()
+            entries = [
+                c for c in entries
+                if any(term in str(c.get(k, "")).casefold()
+                       for k in ("name", "topic", "canonical_alias", "room_id"))
+            ]
+        if room_types is not None:
+            wanted = set(room_types)
+            entries = [c for c in entries if c.get("room_type") in wanted]
+        keys = [(-int(c["num_joined_members"]), str(c["room_id"])) for c in entries]
+        if key is None:
+            start, end = 0, len(entries)
+        elif direction == "n":
+            start, end = sum(1 for k in keys if k <= key), len(entries)
+        else:
+            start, end = 0, sum(1 for k in keys if k < key)
+        if limit:
+            if direction == "p" and key is not None:
+                start = max(start, end - limit)
+            else:
+                end = min(end, start + limit)
+        chunk = entries[start:end]
+        out: dict[str, Any] = {"chunk": chunk, "total_room_count_estimate": len(entries)}
+        if chunk and end < len(entries):
+            out["next_batch"] = _encode("n", keys[end - 1])
+        if chunk and start > 0:
+            out["prev_batch"] = _encode("p", keys[start])
+        return out
+
+    async def room_summary(self, tenant: str, room_id: str) -> dict[str, Any] | None:
+        current = await self._events.state.get_current_state(tenant, room_id)
+        if not current:
+            return None
+        loaded = await self._events.get_events(tenant, list(current.values()))
+        by_key = {k: loaded[e] for k, e in current.items() if e in loaded}
+
+        def content(event_type: str) -> Mapping[str, Any]:
+            ev = by_key.get((event_type, ""))
+            return ev.content if ev is not None else {}
+
+        joined = sum(1 for (t, _), ev in by_key.items()
+                     if t == "m.room.member" and ev.membership == "join")
+        summary: dict[str, Any] = {
+            "room_id": room_id,
+            "num_joined_members": joined,
+            "world_readable":
+                content("m.room.history_visibility").get("history_visibility")
+                == "world_readable",
+            "guest_can_join": content("m.room.guest_access").get("guest_access") == "can_join",
+            "join_rule": content("m.room.join_rules").get("join_rule", "invite"),
+        }
+        for key, event_type, field in (
+            ("name", "m.room.name", "name"),
+            ("topic", "m.room.topic", "topic"),
+            ("canonical_alias", "m.room.canonical_alias", "alias"),
+            ("avatar_url", "m.room.avatar", "url"),
+        ):
+            value = content(event_type).get(field)
+            if isinstance(value, str) and value:
+                summary[key] = value
+        room_type = content("m.room.create").get("type")
+        if isinstance(room_type, str):
+            summary["room_type"] = room_type
+        return summary

@@ -1,0 +1,657 @@
+"""The node's room discovery: crawler, health prober and search, one per node.
+
+Docs: docs/usage/room_discovery.md. Build it with :func:`discovery_for`
+(cached on the HomeServer); the client listener starts its one background
+task (:meth:`Discovery.start`), which probes peers every
+``discovery.health_probe_interval`` and crawls each healthy peer's published
+room directory (federation ``publicRooms``, server-server-api "Public Room
+Directory") every ``discovery.crawl_interval`` plus a random jitter. Tests
+and the CLI drive it with :meth:`Discovery.probe_once` and
+:meth:`Discovery.crawl_once`; all timing reads the injected Clock.
+
+Which servers are crawled (:meth:`Discovery.targets`):
+
+- every server name hosted on this node (read in-process);
+- every literal server name (no wildcard) in a hosted name's trust domain
+  (``federation.trusted_servers``, ``tenants[].trusted_servers`` or their
+  admin API overrides): a pattern like ``*.example.org`` cannot be listed;
+- ``discovery.peers`` and peers added through the admin API or CLI, when
+  some hosted name's trust domain allows them (the federation client refuses
+  anything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from federation.clock import Clock
+from federation.errors import Codes, MatrixError
+from federation.event_format import is_valid_server_name
+from federation.transport.client import FederationClient, FederationClientError
+from federation.trust import TrustPolicy
+from homeserver.config import DiscoveryConfig
+from homeserver.discovery.directory import PublishedDirectory
+from homeserver.discovery.health import STATES, HealthSettings, evaluate
+from storage.stores.discovery import DiscoveryStore, IndexedRoom, ProbeRecord, SortKey
+
+__all__ = ["Discovery", "DiscoveryMetrics", "Target", "discovery_for", "parse_room"]
+
+logger = logging.getLogger(__name__)
+
+FED = "/_matrix/federation"
+#: Rooms asked for per ``publicRooms`` request while crawling.
+PAGE_SIZE = 250
+PROBE_TIMEOUT_S = 10.0
+CRAWL_TIMEOUT_S = 30.0
+MAX_SEARCH_LIMIT = 100
+DEFAULT_SEARCH_LIMIT = 20
+MAX_QUERY_LENGTH = 200
+#: Longest name/topic kept from a peer's directory (longer ones are cut).
+MAX_FIELD_LENGTH = 1000
+LOCAL_SOURCE = "hosted on this node"
+
+
+class DiscoveryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rooms_indexed = Gauge(
+            "concord_discovery_rooms_indexed",
+            "Public rooms in the discovery index, by the server whose directory lists them.",
+            ["server"], registry=registry,
+        )
+        self.crawl_duration = Histogram(
+            "concord_discovery_crawl_duration_seconds",
+            "Time to crawl one peer's published room directory.",
+            ["server"], registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
+        self.crawl_failures = Counter(
+            "concord_discovery_crawl_failures",
+            "Crawls of a peer's directory that failed (the index keeps its previous rooms).",
+            ["server"], registry=registry,
+        )
+        self.peers = Gauge(
+            "concord_discovery_peers",
+            "Crawled peers by health state (unknown, online, degraded, offline).",
+            ["state"], registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server whose directory is indexed; ``origin`` is the hosted name that
+    asks (None: no hosted name's trust domain allows it: not crawled)."""
+
+    server_name: str
+    source: str
+    origin: str | None
+    local: bool = False
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return value[:MAX_FIELD_LENGTH]
+    return None
+
+
+def parse_room(server_name: str, entry: Any) -> IndexedRoom | None:
+    """One ``PublishedRoomsChunk`` from a peer, or None if it is malformed
+    (no ``room_id`` starting with ``!``, or no integer ``num_joined_members``)."""
+    if not isinstance(entry, Mapping):
+        return None
+    room_id = entry.get("room_id")
+    members = entry.get("num_joined_members")
+    if not isinstance(room_id, str) or not room_id.startswith("!") or len(room_id) > 255:
+        return None
+    if type(members) is not int or members < 0:
+        return None
+    alias = _text(entry.get("canonical_alias"))
+    avatar = _text(entry.get("avatar_url"))
+    return IndexedRoom(
+        server_name=server_name,
+        room_id=room_id,
+        num_joined_members=members,
+        world_readable=entry.get("world_readable") is True,
+        guest_can_join=entry.get("guest_can_join") is True,
+        name=_text(entry.get("name")),
+        topic=_text(entry.get("topic")),
+        canonical_alias=alias if alias and alias.startswith("#") else None,
+        avatar_url=avatar if avatar and avatar.startswith("mxc://") else None,
+        join_rule=_text(entry.get("join_rule")),
+        room_type=_text(entry.get("room_type")),
+    )
+
+
+def literal_names(policy: TrustPolicy) -> list[str]:
+    """The server names a trust policy lists exactly (no wildcard, not ``*``)."""
+    out = []
+    for p in policy.patterns or ():
+        if not p.everything and p.single == 0 and not p.deep:
+            out.append(p.text)
+    return out
+
+
+# -- cursors -------------------------------------------------------------------------------------
+
+
+def encode_cursor(sort: str, query: str | None, key: tuple[Any, str, str]) -> str:
+    raw = json.dumps({"s": sort, "q": query or "", "k": list(key)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str, query: str | None) -> tuple[Any, str, str]:
+    bad = MatrixError(400, Codes.INVALID_PARAM, "since is not a cursor of this search")
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value, server, room = raw["k"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise bad from None
+    if raw.get("s") != sort or raw.get("q") != (query or ""):
+        raise bad
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad
+    if not isinstance(server, str) or not isinstance(room, str):
+        raise bad
+    return value, server, room
+
+
+class Discovery:
+    def __init__(
+        self,
+        *,
+        config: DiscoveryConfig,
+        clock: Clock,
+        store: DiscoveryStore,
+        client: FederationClient,
+        hosted_names: Callable[[], list[str]],
+        trust: Any,
+        local_directory: Callable[[str], Awaitable[list[dict[str, Any]]]],
+        delivery_error: Callable[[str], Awaitable[str | None]] | None = None,
+        metrics: DiscoveryMetrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self.store = store
+        self._client = client
+        self._hosted_names = hosted_names
+        self._trust = trust
+        self._local_directory = local_directory
+        self._delivery_error = delivery_error
+        self.metrics = metrics or DiscoveryMetrics(CollectorRegistry())
+        self._rng = rng or random.Random()
+        self._health = HealthSettings(
+            degraded_latency_ms=config.health_degraded_latency,
+            offline_failures=config.health_offline_failures,
+        )
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._warned_capability = False
+
+    # -- who is crawled -----------------------------------------------------------------------
+
+    def _policy(self, name: str) -> TrustPolicy | None:
+        if self._trust is None:
+            return None
+        policy: TrustPolicy = self._trust.policy_for(name)
+        return policy
+
+    def _origin_for(self, server: str) -> str | None:
+        hosted = self._hosted_names()
+        for name in hosted:
+            policy = self._policy(name)
+            if policy is None or policy.allows(server):
+                return name
+        return None
+
+    async def targets(self) -> dict[str, Target]:
+        hosted = self._hosted_names()
+        out: dict[str, Target] = {
+            n: Target(n, LOCAL_SOURCE, n, local=True) for n in hosted
+        }
+        for name in hosted:
+            policy = self._policy(name)
+            if policy is None:
+                continue
+            for server in literal_names(policy):
+                if server not in out:
+                    out[server] = Target(server, f"trust domain of {name} ({policy.source})",
+                                         name)
+        extra = [(s, "discovery.peers") for s in self.config.peers]
+        extra += [(p.server_name, "added by an admin")
+                  for p in await self.store.list_peers() if p.added_by_admin]
+        for server, source in extra:
+            if server not in out:
+                out[server] = Target(server, source, self._origin_for(server))
+        return out
+
+    async def _reconcile(self) -> dict[str, Target]:
+        """Make the peer table match the targets; forget peers no longer crawled."""
+        targets = await self.targets()
+        now = self._clock.time_ms()
+        for peer in await self.store.list_peers():
+            if peer.server_name not in targets:
+                logger.info("Discovery: %s is no longer crawled; its rooms leave the index",
+                            peer.server_name)
+                await self.store.forget_peer(peer.server_name)
+        for t in targets.values():
+            await self.store.ensure_peer(t.server_name, now)
+            if t.local:
+                await self.store.set_state(t.server_name, "online", LOCAL_SOURCE, now)
+        return targets
+
+    def _gauge_servers(self) -> set[str]:
+        return {
+            s.labels["server"] for m in self.metrics.rooms_indexed.collect() for s in m.samples
+        }
+
+    async def add_peer(self, server_name: str) -> None:
+        if not is_valid_server_name(server_name):
+            raise MatrixError(400, Codes.INVALID_PARAM, f"{server_name!r} is not a server name")
+        await self.store.set_admin_peer(server_name, True, self._clock.time_ms())
+
+    async def remove_peer(self, server_name: str) -> bool:
+        """Stop crawling a peer added through the admin API; False if it was not one.
+        A peer crawled for another reason (trust domain, config) stays."""
+        peer = await self.store.get_peer(server_name)
+        if peer is None or not peer.added_by_admin:
+            return False
+        await self.store.set_admin_peer(server_name, False, self._clock.time_ms())
+        await self._reconcile()
+        return True
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def probe_once(self) -> dict[str, str]:
+        """Probe every remote target now; returns each one's state."""
+        async with self._lock:
+            targets = await self._reconcile()
+            out: dict[str, str] = {}
+            for t in targets.values():
+                if t.local:
+                    out[t.server_name] = "online"
+                elif t.origin is None:
+                    out[t.server_name] = await self._untrusted(t)
+                else:
+                    out[t.server_name] = await self._probe(t)
+            await self._refresh_gauges()
+            return out
+
+    async def _untrusted(self, t: Target) -> str:
+        now = self._clock.time_ms()
+        await self.store.set_state(
+            t.server_name, "unknown", "outside the trust domain of every hosted name", now
+        )
+        return "unknown"
+
+    async def _probe(self, t: Target) -> str:
+        assert t.origin is not None
+        now = self._clock.time_ms()
+        started = self._clock.monotonic()
+        ok, fresh, error = True, True, None
+        try:
+            version = await self._client.get_json(
+                t.server_name, f"{FED}/v1/version", origin=t.origin, timeout_s=PROBE_TIMEOUT_S
+            )
+            if not isinstance(version, dict) or not isinstance(version.get("server"), dict):
+                raise ValueError("the version answer has no server object")
+            keys = await self._client.get_json(
+                t.server_name, "/_matrix/key/v2/server", origin=t.origin,
+                timeout_s=PROBE_TIMEOUT_S,
+            )
+            valid_until = keys.get("valid_until_ts") if isinstance(keys, dict) else None
+            fresh = type(valid_until) is int and valid_until > now
+        except (TimeoutError, FederationClientError, ValueError, OSError) as e:
+            ok, fresh, error = False, False, str(e) or type(e).__name__
+        latency = int((self._clock.monotonic() - started) * 1000)
+        window = self.config.health_window
+        await self.store.record_probe(
+            t.server_name, ProbeRecord(now, ok, fresh, latency, error),
+            keep_after_ts=now - window,
+        )
+        probes = await self.store.probes_since(t.server_name, now - window)
+        delivery = None
+        if self._delivery_error is not None:
+            delivery = await self._delivery_error(t.server_name)
+        state, reason = evaluate(probes, self._health, delivery_error=delivery)
+        if await self.store.set_state(t.server_name, state, reason, now):
+            logger.info("Discovery: %s is now %s (%s)", t.server_name, state, reason)
+        return state
+
+    def _dropped(self, state: str, since_ts: int, now: int) -> bool:
+        return state == "offline" and now - since_ts >= self.config.offline_threshold
+
+    # -- crawling -----------------------------------------------------------------------------
+
+    async def crawl_once(self, *, force: bool = True) -> dict[str, dict[str, Any]]:
+        """Crawl every target (``force=False``: only those whose next crawl is
+        due). A peer never probed is probed first; an offline one is skipped."""
+        async with self._lock:
+            targets = await self._reconcile()
+            out: dict[str, dict[str, Any]] = {}
+            for t in targets.values():
+                peer = await self.store.get_peer(t.server_name)
+                now = self._clock.time_ms()
+                if peer is None:
+                    continue
+                if not force and peer.next_crawl_ts is not None and now < peer.next_crawl_ts:
+                    continue
+                if t.origin is None:
+                    await self._untrusted(t)
+                    out[t.server_name] = {"skipped": "outside the trust domain"}
+                    continue
+                state = peer.state
+                if not t.local and state == "unknown":
+                    state = await self._probe(t)
+                if state == "offline":
+                    await self.store.record_crawl(
+                        t.server_name, now_ms=now, ok=False, duration_ms=0,
+                        error="skipped: the peer is offline", rooms=None,
+                        next_crawl_ts=self._next_crawl(now),
+                    )
+                    out[t.server_name] = {"skipped": "offline"}
+                    continue
+                out[t.server_name] = await self._crawl(t)
+            await self._refresh_gauges()
+            return out
+
+    def _next_crawl(self, now: int) -> int:
+        jitter = self._rng.randint(0, max(0, self.config.crawl_jitter))
+        return now + self.config.crawl_interval + jitter
+
+    async def _crawl(self, t: Target) -> dict[str, Any]:
+        now = self._clock.time_ms()
+        started = self._clock.monotonic()
+        try:
+            if t.local:
+                entries = await self._local_directory(t.server_name)
+            else:
+                entries = await self._fetch_directory(t)
+        except (TimeoutError, FederationClientError, ValueError, OSError, MatrixError) as e:
+            seconds = self._clock.monotonic() - started
+            error = str(e) or type(e).__name__
+            logger.warning("Discovery: crawling %s failed: %s", t.server_name, error)
+            self.metrics.crawl_failures.labels(t.server_name).inc()
+            self.metrics.crawl_duration.labels(t.server_name).observe(seconds)
+            await self.store.record_crawl(
+                t.server_name, now_ms=now, ok=False, duration_ms=int(seconds * 1000),
+                error=error, rooms=None, next_crawl_ts=self._next_crawl(now),
+            )
+            return {"error": error}
+        rooms: dict[str, IndexedRoom] = {}
+        for entry in entries:
+            room = parse_room(t.server_name, entry)
+            if room is not None and len(rooms) < self.config.max_rooms_per_peer:
+                rooms.setdefault(room.room_id, room)
+        expired = await self.store.replace_rooms(t.server_name, list(rooms.values()), now)
+        seconds = self._clock.monotonic() - started
+        self.metrics.crawl_duration.labels(t.server_name).observe(seconds)
+        await self.store.record_crawl(
+            t.server_name, now_ms=now, ok=True, duration_ms=int(seconds * 1000), error=None,
+            rooms=len(rooms), next_crawl_ts=self._next_crawl(now),
+        )
+        logger.info("Discovery: crawled %s: %d public rooms (%d expired)",
+                    t.server_name, len(rooms), expired)
+        return {"rooms": len(rooms), "expired": expired}
+
+    async def _fetch_directory(self, t: Target) -> list[Any]:
+        """Every page of the peer's ``GET /publicRooms`` (up to ``max_rooms_per_peer``)."""
+        entries: list[Any] = []
+        since: str | None = None
+        seen_tokens: set[str] = set()
+        while len(entries) < self.config.max_rooms_per_peer:
+            query = {"limit": str(PAGE_SIZE), "include_all_networks": "false"}
+            if since is not None:
+                query["since"] = since
+            resp = await self._client.get_json(
+                t.server_name, f"{FED}/v1/publicRooms", query=query, origin=t.origin,
+                timeout_s=CRAWL_TIMEOUT_S,
+            )
+            if not isinstance(resp, dict) or not isinstance(resp.get("chunk"), list):
+                raise ValueError("the publicRooms answer has no chunk list")
+            entries.extend(resp["chunk"])
+            token = resp.get("next_batch")
+            if not isinstance(token, str) or not token or not resp["chunk"]:
+                break
+            if token in seen_tokens:
+                raise ValueError("the publicRooms pagination repeats a token")
+            seen_tokens.add(token)
+            since = token
+        return entries
+
+    async def _refresh_gauges(self) -> None:
+        counts = await self.store.count_rooms()
+        for server in self._gauge_servers() - set(counts):
+            self.metrics.rooms_indexed.remove(server)
+        for server, n in counts.items():
+            self.metrics.rooms_indexed.labels(server).set(n)
+        by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+        for p in await self.store.list_peers():
+            by_state[p.state] = by_state.get(p.state, 0) + 1
+        for state, n in by_state.items():
+            self.metrics.peers.labels(state).set(n)
+
+    # -- search -------------------------------------------------------------------------------
+
+    async def _visible_servers(self, tenant: str | None) -> dict[str, str]:
+        """Indexed servers whose rooms a user of ``tenant`` may see, with their
+        health: not dropped (offline past the threshold), and in the tenant's
+        trust domain."""
+        now = self._clock.time_ms()
+        hosted = set(self._hosted_names())
+        out = {}
+        for p in await self.store.list_peers():
+            if self._dropped(p.state, p.state_since_ts, now):
+                continue
+            if tenant is not None and p.server_name not in hosted:
+                policy = self._policy(tenant)
+                if policy is not None and not policy.allows(p.server_name):
+                    continue
+            out[p.server_name] = p.state
+        return out
+
+    async def search(
+        self,
+        *,
+        tenant: str | None,
+        query: str | None,
+        limit: int | None,
+        since: str | None,
+        server: str | None,
+        sort: str | None,
+    ) -> dict[str, Any]:
+        """``GET /_concord/client/v1/discovery/rooms``."""
+        if query is not None:
+            query = " ".join(query.split())[:MAX_QUERY_LENGTH] or None
+        if sort is None:
+            sort = "relevance" if query else "members"
+        if sort not in ("members", "recent", "relevance"):
+            raise MatrixError(400, Codes.INVALID_PARAM,
+                              "sort must be members, recent or relevance")
+        if sort == "relevance" and not query:
+            sort = "members"
+        if limit is None:
+            limit = DEFAULT_SEARCH_LIMIT
+        if limit < 1:
+            raise MatrixError(400, Codes.INVALID_PARAM, "limit must be at least 1")
+        limit = min(limit, MAX_SEARCH_LIMIT)
+        after = decode_cursor(since, sort, query) if since else None
+        health = await self._visible_servers(tenant)
+        servers = sorted(health)
+        if server is not None:
+            servers = [s for s in servers if s == server]
+        await self._warn_capability()
+        sort_key: SortKey = sort  # type: ignore[assignment]
+        rows, total = await self.store.search(
+            servers=servers, query=query, sort=sort_key, after=after, limit=limit + 1
+        )
+        chunk = []
+        for room, _ in rows[:limit]:
+            entry: dict[str, Any] = {
+                "room_id": room.room_id,
+                "num_joined_members": room.num_joined_members,
+                "world_readable": room.world_readable,
+                "guest_can_join": room.guest_can_join,
+            }
+            for k in ("name", "topic", "canonical_alias", "avatar_url", "join_rule",
+                      "room_type"):
+                v = getattr(room, k)
+                if v is not None:
+                    entry[k] = v
+            entry["server"] = room.server_name
+            entry["server_health"] = health.get(room.server_name, "unknown")
+            entry["last_seen_ts"] = room.last_seen_ts
+            chunk.append(entry)
+        out: dict[str, Any] = {"chunk": chunk, "total_room_count_estimate": total}
+        if len(rows) > limit:
+            last_room, last_key = rows[limit - 1]
+            out["next_batch"] = encode_cursor(
+                sort, query, (last_key, last_room.server_name, last_room.room_id)
+            )
+        return out
+
+    async def _warn_capability(self) -> None:
+        if self._warned_capability:
+            return
+        self._warned_capability = True
+        if await self.store.search_capability() == "fulltext":
+            logger.warning(
+                "Room discovery: the PostgreSQL extension pg_trgm is not installed, so search "
+                "finds exact words only (no fuzzy matches). As a superuser: "
+                "CREATE EXTENSION pg_trgm; then restart."
+            )
+
+    # -- admin view ---------------------------------------------------------------------------
+
+    async def describe_peers(self) -> list[dict[str, Any]]:
+        targets = await self.targets()
+        counts = await self.store.count_rooms()
+        now = self._clock.time_ms()
+        out = []
+        for p in await self.store.list_peers():
+            t = targets.get(p.server_name)
+            out.append({
+                "server_name": p.server_name,
+                "source": t.source if t else "added by an admin",
+                "crawled": t is not None and t.origin is not None,
+                "state": p.state,
+                "state_since_ts": p.state_since_ts,
+                "state_reason": p.state_reason,
+                "dropped_from_results": self._dropped(p.state, p.state_since_ts, now),
+                "last_probe_ts": p.last_probe_ts,
+                "last_latency_ms": p.last_latency_ms,
+                "last_crawl_ts": p.last_crawl_ts,
+                "last_crawl_ok_ts": p.last_crawl_ok_ts,
+                "last_crawl_duration_ms": p.last_crawl_duration_ms,
+                "last_crawl_error": p.last_crawl_error,
+                "next_crawl_ts": p.next_crawl_ts,
+                "rooms_indexed": counts.get(p.server_name, 0),
+                "added_by_admin": p.added_by_admin,
+            })
+        return out
+
+    async def describe_peer(self, server_name: str) -> dict[str, Any] | None:
+        for p in await self.describe_peers():
+            if p["server_name"] == server_name:
+                p["history"] = [
+                    {"ts": ts, "state": state, "reason": reason}
+                    for ts, state, reason in await self.store.history(server_name)
+                ]
+                return p
+        return None
+
+    # -- background task ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the one background task of this node (idempotent)."""
+        if self._task is None and self.config.enabled:
+            self._task = asyncio.create_task(self._run(), name="room-discovery")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        next_probe = 0
+        tick_s = min(self.config.health_probe_interval, 60_000) / 1000
+        while True:
+            try:
+                now = self._clock.time_ms()
+                if now >= next_probe:
+                    await self.probe_once()
+                    next_probe = now + self.config.health_probe_interval
+                await self.crawl_once(force=False)
+                await self.store.prune_history(now - 30 * 86_400_000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Room discovery round failed")
+            await self._clock.sleep(tick_s)
+
+
+def discovery_for(hs: Any) -> Discovery:
+    """The node's :class:`Discovery`, built on first use and kept on ``hs``."""
+    found = getattr(hs, "_discovery", None)
+    if isinstance(found, Discovery):
+        return found
+    from homeserver.keys import key_service_for
+    from storage.stores.events import EventStore
+    from storage.stores.outbox import OutboxStore
+    from storage.stores.room_directory import RoomDirectoryStore
+    from storage.stores.state import StateStore
+
+    keys = key_service_for(hs)
+    outbox = OutboxStore(hs.database)
+
+    def hosted() -> list[str]:
+        tenants = getattr(hs, "tenants", None)
+        if tenants is None:
+            return [hs.server_name]
+        return [t.server_name for t in tenants.all() if t.is_active]
+
+    async def local_directory(name: str) -> list[dict[str, Any]]:
+        tenants = getattr(hs, "tenants", None)
+        db = hs.database
+        if tenants is not None and (tenant := tenants.get(name)) is not None:
+            db = await tenants.database(tenant)
+        shared = getattr(hs, "event_store", None)
+        events = shared if shared is not None and db is hs.database else EventStore(
+            db, StateStore(db))
+        return await PublishedDirectory(events, RoomDirectoryStore(db)).summaries(name)
+
+    async def delivery_error(server: str) -> str | None:
+        state = await outbox.get_destination(server)
+        now = hs.clock.time_ms()
+        if state is None or not state.failure_count or not state.next_retry_ts:
+            return None
+        if state.next_retry_ts <= now:
+            return None
+        return state.last_error or f"{state.failure_count} failed deliveries"
+
+    discovery = Discovery(
+        config=hs.config.discovery,
+        clock=hs.clock,
+        store=DiscoveryStore(hs.database),
+        client=keys.client,
+        hosted_names=hosted,
+        trust=getattr(hs, "trust", None),
+        local_directory=local_directory,
+        delivery_error=delivery_error,
+        metrics=DiscoveryMetrics(hs.metrics.registry),
+    )
+    hs._discovery = discovery
+    return discovery

@@ -1,0 +1,105 @@
+"""Nodes and a synthetic peer for the room discovery tests.
+
+Nodes are real HomeServers on loopback sharing one FakeClock
+(tests/federation_outbound/nodes.py); the synthetic peer is a small aiohttp
+server that answers the three federation endpoints a crawl touches
+(``/version``, ``/_matrix/key/v2/server``, ``/publicRooms``) with a
+generated directory, so 500 rooms cost no event graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from federation.clock import FakeClock
+from federation.room_versions import ROOM_V11
+from storage.stores.room_directory import RoomDirectoryStore
+from tests.federation_outbound.nodes import Node, start_node
+
+
+async def start_nodes(
+    tmp_path: Path, names: Sequence[str], clock: FakeClock,
+    extra: dict[str, dict[str, Any]] | None = None,
+    database_urls: dict[str, str] | None = None,
+) -> list[Node]:
+    nodes = []
+    for name in names:
+        nodes.append(await start_node(
+            tmp_path / name, name, clock, (database_urls or {}).get(name),
+            extra=(extra or {}).get(name),
+        ))
+    return nodes
+
+
+async def make_room(
+    node: Node, user: str, name: str, *, topic: str | None = None, public: bool = True
+) -> str:
+    room_id = await node.create_room(user, ROOM_V11)
+    await node.creation.create_event(
+        node.name, room_id, event_type="m.room.name", sender=user, state_key="",
+        content={"name": name},
+    )
+    if topic is not None:
+        await node.creation.create_event(
+            node.name, room_id, event_type="m.room.topic", sender=user, state_key="",
+            content={"topic": topic},
+        )
+    if public:
+        await RoomDirectoryStore(node.hs.database).set_visibility(
+            node.name, room_id, True, node.hs.clock.time_ms()
+        )
+    return room_id
+
+
+class SyntheticPeer:
+    """A federation peer with a generated published room directory."""
+
+    def __init__(self, server_name: str, clock: FakeClock, rooms: list[dict[str, Any]]) -> None:
+        self.server_name = server_name
+        self.clock = clock
+        self.rooms = rooms
+        self.requests: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/_matrix/federation/v1/version", self._version)
+        app.router.add_get("/_matrix/key/v2/server", self._keys)
+        app.router.add_get("/_matrix/federation/v1/publicRooms", self._public_rooms)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _version(self, request: web.Request) -> web.Response:
+        self.requests.append("version")
+        return web.json_response({"server": {"name": "synthetic", "version": "1"}})
+
+    async def _keys(self, request: web.Request) -> web.Response:
+        self.requests.append("keys")
+        return web.json_response({
+            "server_name": self.server_name, "verify_keys": {},
+            "valid_until_ts": self.clock.time_ms() + 86_400_000,
+        })
+
+    async def _public_rooms(self, request: web.Request) -> web.Response:
+        self.requests.append("publicRooms")
+        limit = int(request.query.get("limit", "0"))
+        start = int(request.query.get("since", "0"))
+        end = len(self.rooms) if not limit else min(len(self.rooms), start + limit)
+        body: dict[str, Any] = {"chunk": self.rooms[start:end],
+                                "total_room_count_estimate": len(self.rooms)}
+        if end < len(self.rooms):
+            body["next_batch"] = str(end)
+        return web.json_response(body)
