@@ -222,3 +222,33 @@ async def test_pagination_over_500_rooms_returns_each_once(
     finally:
         await a.hs.stop()
         await peer.stop()
+
+
+async def test_admin_api_peers(world: World) -> None:
+    hs = world.nodes["a.test"].hs
+    _, admin = await hs.accounts.register(hs.tenants.primary, "root", "root-pass-1", admin=True)
+    _, user = await hs.accounts.register(hs.tenants.primary, "bob", "bob-pass-1")
+    assert admin is not None and user is not None
+    base = hs.base_url("client") + "/_concord/admin/v1/discovery"
+    as_admin = {"Authorization": f"Bearer {admin.access_token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/crawl", headers=as_admin) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["results"]["b.test"] == {"rooms": 1, "expired": 0}
+        async with http.get(base + "/peers", headers=as_admin) as resp:
+            peers = {p["server_name"]: p for p in (await resp.json())["peers"]}
+        assert set(peers) == set(NAMES)
+        assert peers["c.test"]["state"] == "online" and peers["c.test"]["last_crawl_ts"]
+        async with http.put(base + "/peers/e.test", headers=as_admin) as resp:
+            assert resp.status == 200 and (await resp.json())["added_by_admin"] is True
+        async with http.put(base + "/peers/not%20a%20server", headers=as_admin) as resp:
+            assert resp.status == 400
+        async with http.delete(base + "/peers/e.test", headers=as_admin) as resp:
+            assert resp.status == 200
+        async with http.delete(base + "/peers/b.test", headers=as_admin) as resp:
+            assert resp.status == 404  # in the trust domain: changed in the config
+        async with http.get(base + "/peers/e.test", headers=as_admin) as resp:
+            assert resp.status == 404
+        async with http.get(base + "/peers",
+                            headers={"Authorization": f"Bearer {user.access_token}"}) as resp:
+            assert resp.status == 403
