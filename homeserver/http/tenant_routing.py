@@ -25,7 +25,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from federation.errors import Codes, MatrixError
-from homeserver.http.x_matrix import FEDERATION_PREFIX, request_destination
+from homeserver.http.x_matrix import (
+    FEDERATION_PREFIX,
+    UNAUTHENTICATED_PATHS,
+    is_authenticated,
+    request_destination,
+)
 from homeserver.tenants import Tenant
 
 if TYPE_CHECKING:
@@ -89,7 +94,8 @@ def federation_tenant_middleware(*, registry: TenantRegistry) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(FEDERATION_PREFIX):
+        unsigned = request.path in UNAUTHENTICATED_PATHS and not is_authenticated(request)
+        if request.path.startswith(FEDERATION_PREFIX) and not unsigned:
             destination = request_destination(request)
             tenant = registry.get(destination)
             if tenant is None:

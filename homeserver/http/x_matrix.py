@@ -6,6 +6,10 @@ the origin with a key that is current now (``old_verify_keys`` sign events,
 never requests); a ``destination`` parameter, when present, must be a name
 this node hosts. The key endpoints (``/_matrix/key/``) stay open, as the spec
 allows, since a server must be able to fetch keys before it can check any.
+So does ``GET /_matrix/federation/v1/version``, which ``version.yaml`` lists
+without a security requirement: a request without an ``Authorization``
+header is answered; one that carries a header is still checked (as Synapse
+does), so a bad signature never passes unnoticed.
 
 Failures are 401 ``M_UNAUTHORIZED`` with a message naming the check that
 failed (missing header, unparsable header, destination not hosted here,
@@ -39,7 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEDERATION_PREFIX",
+    "UNAUTHENTICATED_PATHS",
     "authenticated_origin",
+    "is_authenticated",
     "register",
     "request_destination",
     "x_matrix_middleware",
@@ -48,6 +54,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FEDERATION_PREFIX = "/_matrix/federation/"
+
+#: Paths under the prefix that the spec lists without a security requirement.
+UNAUTHENTICATED_PATHS = frozenset({"/_matrix/federation/v1/version"})
 
 _ORIGIN = "concord.x_matrix.origin"
 _DESTINATION = "concord.x_matrix.destination"
@@ -60,6 +69,12 @@ def authenticated_origin(request: web.Request) -> str:
         # A federation servlet mounted outside the middleware's prefix: a bug.
         raise RuntimeError(f"{request.path} was not X-Matrix authenticated")
     return origin
+
+
+def is_authenticated(request: web.Request) -> bool:
+    """Whether the middleware authenticated this request (the paths of
+    :data:`UNAUTHENTICATED_PATHS` may be answered without)."""
+    return isinstance(request.get(_ORIGIN), str)
 
 
 def request_destination(request: web.Request) -> str:
@@ -104,9 +119,11 @@ def x_matrix_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(prefix):
             return await handler(request)
+        headers = request.headers.getall("Authorization", [])
+        if not headers and request.path in UNAUTHENTICATED_PATHS:
+            return await handler(request)
         if ready is not None:
             await ready()
-        headers = request.headers.getall("Authorization", [])
         xm = [h for h in headers if h.strip().lower().startswith("x-matrix")]
         auth = parse_authorization_header(xm[0] if xm else (headers[0] if headers else None))
         destination = auth.destination or default_destination

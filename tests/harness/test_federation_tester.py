@@ -51,10 +51,8 @@ async def test_a_concord_node_passes(concord_node: Node) -> None:
     assert code == 0
     got = statuses(report)
     for name in ("discovery", "tls", "keys.server_name", "keys.self_signature",
-                 "keys.valid_until_ts", "signed_request"):
+                 "keys.valid_until_ts", "signed_request", "version"):
         assert got[name] == "pass", report
-    # Concord answers /version only to signed requests: a warning, not a failure.
-    assert got["version"] in ("pass", "warn")
 
     code, out, _ = await cli(concord_node.server_name, "--no-verify-tls")
     assert code == 0

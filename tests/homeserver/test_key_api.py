@@ -407,5 +407,7 @@ async def test_default_wiring(nodes: NodeFactory) -> None:
         async with s.get(a.url + "/_matrix/key/v2/server") as r:
             assert r.status == 200
         async with s.get(a.url + "/_matrix/federation/v1/version") as r:
+            assert r.status == 200  # no security requirement in the spec
+        async with s.get(a.url + "/_matrix/federation/v1/query/profile?user_id=@x:a.test") as r:
             assert r.status == 401
             assert (await r.json())["errcode"] == "M_UNAUTHORIZED"

@@ -1,7 +1,9 @@
 """X-Matrix request authentication on a live federation listener.
 
-Node A signs requests to node B's ``GET /_matrix/federation/v1/version``;
-every failure mode answers 401 M_UNAUTHORIZED naming the failed check.
+Node A signs requests to node B's ``GET /_matrix/federation/v1/query/profile``
+(any authenticated endpoint would do); every failure mode answers 401
+M_UNAUTHORIZED naming the failed check. ``GET /_matrix/federation/v1/version``
+has no security requirement in the spec: it answers without a signature.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from tests.homeserver.test_key_api import NodeFactory, clock, nodes, stop
 __all__ = ["clock", "nodes"]  # fixtures, imported for pytest
 
 VERSION = "/_matrix/federation/v1/version"
+#: An endpoint that requires X-Matrix (every one but /version and the keys).
+AUTHED = "/_matrix/federation/v1/query/profile?user_id=@alice:b.test"
 
 
 async def call(
@@ -38,7 +42,7 @@ def signed(
     origin: str = "a.test",
     destination: str | None = "b.test",
     method: str = "GET",
-    uri: str = VERSION,
+    uri: str = AUTHED,
     content: Any = None,
 ) -> str:
     return sign_request(
@@ -62,13 +66,26 @@ async def test_signed_request_between_nodes_passes(nodes: NodeFactory) -> None:
     assert b.counts[VERSION] == 2
 
 
+async def test_version_needs_no_signature(nodes: NodeFactory) -> None:
+    """version.yaml has no security requirement (Synapse: REQUIRE_AUTH = False)."""
+    b = await nodes("b.test", default_registrars=True)
+    status, body = await call(b.url, "GET", VERSION, None)
+    assert (status, body) == (200, {"server": {"name": "Concord", "version": __version__}})
+    # A header that is sent is still checked, as Synapse does.
+    status, body = await call(b.url, "GET", VERSION, "Bearer abc")
+    assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
+    # Only that path: every other federation endpoint still needs X-Matrix.
+    status, body = await call(b.url, "GET", AUTHED, None)
+    assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
+
+
 async def test_failure_modes(nodes: NodeFactory) -> None:
-    a = await nodes("a.test")
-    b = await nodes("b.test")
+    a = await nodes("a.test", default_registrars=True)
+    b = await nodes("b.test", default_registrars=True)
 
     async def expect_401(auth: str | None, fragment: str, **kw: Any) -> None:
         status, body = await call(
-            b.url, kw.pop("method", "GET"), kw.pop("path", VERSION), auth, **kw
+            b.url, kw.pop("method", "GET"), kw.pop("path", AUTHED), auth, **kw
         )
         assert status == 401, (auth, body)
         assert body["errcode"] == "M_UNAUTHORIZED"
@@ -90,7 +107,7 @@ async def test_failure_modes(nodes: NodeFactory) -> None:
     await expect_401(signed(generate_signing_key("k1")), "signature does not verify")
     # Signed for another path, or another method.
     await expect_401(signed(a.key, uri="/_matrix/federation/v1/other"), "signature does not verify")
-    await expect_401(signed(a.key, uri=VERSION + "?x=1"), "signature does not verify")
+    await expect_401(signed(a.key, uri=AUTHED + "&x=1"), "signature does not verify")
     # Body not what was signed.
     await expect_401(
         signed(a.key, method="POST", content={"a": 1}),
@@ -100,15 +117,18 @@ async def test_failure_modes(nodes: NodeFactory) -> None:
     )
     # Body signed as sent: authentication passes, then the route has no POST.
     status, body = await call(
-        b.url, "POST", VERSION, signed(a.key, method="POST", content={"a": 1}), {"a": 1}
+        b.url, "POST", AUTHED, signed(a.key, method="POST", content={"a": 1}), {"a": 1}
     )
     assert (status, body["errcode"]) == (405, "M_UNRECOGNIZED")
+    # Authenticated: the servlet answers (alice has no profile on b.test).
+    status, body = await call(b.url, "GET", AUTHED, signed(a.key))
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
     # No destination parameter (older servers): checked as addressed to us.
     auth = signed(a.key)
     no_dest = ",".join(p for p in auth.split(",") if not p.startswith("destination="))
     assert "destination" not in no_dest
-    status, _ = await call(b.url, "GET", VERSION, no_dest)
-    assert status == 200
+    status, body = await call(b.url, "GET", AUTHED, no_dest)
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
     # Key endpoints stay open.
     status, _ = await call(b.url, "GET", "/_matrix/key/v2/server", None)
     assert status == 200
@@ -126,6 +146,6 @@ async def test_old_key_cannot_authenticate_requests(nodes: NodeFactory, clock: F
     # The new key works (B refetches on the unknown key ID)...
     assert (await a2.keys.client.get_json("b.test", VERSION))["server"]["name"] == "Concord"
     # ...the retired one, now in old_verify_keys, no longer authenticates.
-    status, body = await call(b.url, "GET", VERSION, signed(old_key))
+    status, body = await call(b.url, "GET", AUTHED, signed(old_key))
     assert status == 401
     assert "no known key 'ed25519:k1'" in body["error"]

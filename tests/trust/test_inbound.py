@@ -65,7 +65,8 @@ async def test_refused_before_the_body_is_read_or_the_signature_checked(nodes: S
                          data=b"{}", headers={"Authorization": bad}) as r:
             assert r.status == 401
         # No Authorization header at all is still X-Matrix's 401.
-        async with s.get(a.hs.base_url("federation") + "/_matrix/federation/v1/version") as r:
+        async with s.get(a.hs.base_url("federation")
+                         + "/_matrix/federation/v1/query/profile?user_id=@x:a.test") as r:
             assert r.status == 401
         # Keys stay readable by anyone.
         async with s.get(a.hs.base_url("federation") + "/_matrix/key/v2/server") as r:
