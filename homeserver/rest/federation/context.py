@@ -21,6 +21,7 @@ from homeserver.handlers.federation_receiver import TransactionHandler
 from homeserver.handlers.federation_server import FederationServer
 from homeserver.handlers.missing_events import MissingEventsFetcher
 from homeserver.handlers.room_acl import RoomServerAcls
+from homeserver.handlers.room_joins import room_joins
 from homeserver.handlers.server_visibility import ServerVisibility
 from homeserver.http.x_matrix import authenticated_origin, request_destination
 from homeserver.keys import KeyService, key_service_for
@@ -190,6 +191,7 @@ class InboundContext:
                 notifier.notify(tenant, room_ids=rooms)
 
         h.transactions.register_edu_handler("m.receipt", on_receipt)
+        h.transactions.joins = room_joins(h.db)
         sender: Any = getattr(self._hs, "federation_sender", None)
         if sender is not None:
             # Joins/leaves accepted for other servers go on to the rest of the room.
