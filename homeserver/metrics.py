@@ -34,6 +34,7 @@ class FederationMetrics:
     queues, transactions, dead letters and latency; inbound transactions."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.queue_depth = Gauge(
             "concord_federation_queue_depth",
             "Deliveries (PDUs and EDUs) queued for a destination, every sending tenant together.",

@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "register_user",
     "tenant",
     "keys",
+    "federation",
     "discovery",
 )
 

@@ -93,10 +93,12 @@ class _Queue:
         self.woken = False
         #: Set while sleeping out a backoff; resolving it ends the sleep early.
         self.backoff_wake: asyncio.Future[None] | None = None
+        #: True once the backoff sleep is registered with the clock.
+        self.sleeping = False
 
     @property
     def busy(self) -> bool:
-        return self.task is not None and self.backoff_wake is None
+        return self.task is not None and not self.sleeping
 
     def wake(self) -> None:
         self.woken = True
@@ -140,18 +142,25 @@ class _Queue:
         finally:
             self.task = None
             self.backoff_wake = None
+            self.sleeping = False
             self.sender._changed()
 
     async def _sleep(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
-        self.backoff_wake = loop.create_future()
-        self.sender._changed()
+        wake = self.backoff_wake = loop.create_future()
         sleeper = asyncio.ensure_future(self.sender.clock.sleep(seconds))
         try:
-            await asyncio.wait({sleeper, self.backoff_wake}, return_when=asyncio.FIRST_COMPLETED)
+            # One turn of the loop lets the sleeper register with the clock
+            # before the queue counts as idle (a test's FakeClock.advance
+            # after wait_until_idle must reach it).
+            await asyncio.wait({sleeper, wake}, timeout=0)
+            self.sleeping = True
+            self.sender._changed()
+            await asyncio.wait({sleeper, wake}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
             self.backoff_wake = None
+            self.sleeping = False
             self.sender._changed()
 
     async def _send(self, txn: OutboundTransaction, log_prefix: str) -> None:

@@ -319,18 +319,19 @@ class DeadLetterStore:
     # Reading
 
     async def list_dead_letters(
-        self, filt: DeadLetterFilter, *, limit: int, after: tuple[int, str] | None = None
+        self, filt: DeadLetterFilter, *, limit: int, after: tuple[int, int, str] | None = None
     ) -> list[DeadLetter]:
-        """Oldest first (by ``dead_ts``, then ID), after the ``(dead_ts, id)`` key."""
+        """Oldest first (by ``dead_ts``, then outbox order), after the
+        ``(dead_ts, seq, id)`` key of the last one seen."""
         cond, args = filt.where(1)
         if after is not None:
-            n = len(args)
-            cond += (f" AND (dead_ts > ${n + 1} OR (dead_ts = ${n + 1} AND "
-                     f"dead_letter_id > ${n + 2}))")
-            args += [after[0], after[1]]
+            a, b, c = (f"${len(args) + i}" for i in (1, 2, 3))
+            cond += (f" AND (dead_ts > {a} OR (dead_ts = {a} AND (seq > {b} OR "
+                     f"(seq = {b} AND dead_letter_id > {c}))))")
+            args += [after[0], after[1], after[2]]
         rows = await self._db.fetch(
             f"SELECT {_DL_COLUMNS} FROM federation_dead_letters WHERE {cond} "
-            f"ORDER BY dead_ts, dead_letter_id LIMIT ${len(args) + 1}",
+            f"ORDER BY dead_ts, seq, dead_letter_id LIMIT ${len(args) + 1}",
             *args, limit,
         )
         return [_dead_letter(r) for r in rows]

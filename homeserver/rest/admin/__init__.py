@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from homeserver.rest.admin import discovery, tenants, trust, users
+from homeserver.rest.admin import discovery, federation, tenants, trust, users
 from homeserver.rest.admin import register as shared_secret
 
 if TYPE_CHECKING:
@@ -20,5 +20,6 @@ def register(app: web.Application, hs: HomeServer) -> None:
     shared_secret.register(app, hs)
     tenants.register(app, hs)
     users.register(app, hs)
+    federation.register(app, hs)
     trust.register(app, hs)
     discovery.register(app, hs)
