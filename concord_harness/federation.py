@@ -166,7 +166,9 @@ class Federation:
             await node.prepare(taken)
         await self._build_links()
         for node in self.nodes:
-            overrides = {}
+            # The node's other tenants are servers like any other, reached over
+            # HTTP, but on the same host: directly, not through a fault proxy.
+            overrides = {name: node.federation_url for name in node.tenants[1:]}
             peers: list[Server] = [*self.nodes, *self.external]
             for other in peers:
                 if other is node:
@@ -286,25 +288,29 @@ class Federation:
         )
         out: list[RoomSnapshot] = []
         for server in chosen:
-            name = self._name(server)
             if isinstance(server, Node) and not server.running:
                 if explicit:
-                    out.append(RoomSnapshot(name, error="the node is not running"))
+                    out.append(RoomSnapshot(self._name(server), error="the node is not running"))
                 continue
-            snap = None
-            for client in server.clients:
-                candidate = await snapshot(name, client, room_id)
-                if candidate.error is None:
-                    snap = candidate
-                    break
-                snap = snap or candidate
-            if snap is None:
-                if explicit:
-                    out.append(RoomSnapshot(name, error="no harness user on this server"))
-                continue
-            if snap.error is not None and not explicit:
-                continue  # nobody here is in the room
-            out.append(snap)
+            # Each tenant of a node is a server of its own, read by its own users;
+            # a named node's extra tenants count when a harness user lives there.
+            for n, name in enumerate(server.tenants):
+                clients = [c for c in server.clients if _server_of(c.user_id) == name]
+                required = explicit and (n == 0 or bool(clients))
+                snap = None
+                for client in clients:
+                    candidate = await snapshot(name, client, room_id)
+                    if candidate.error is None:
+                        snap = candidate
+                        break
+                    snap = snap or candidate
+                if snap is None:
+                    if required:
+                        out.append(RoomSnapshot(name, error="no harness user on this server"))
+                    continue
+                if snap.error is not None and not required:
+                    continue  # nobody here is in the room
+                out.append(snap)
         return out
 
     async def converged(
@@ -370,6 +376,10 @@ class Federation:
                     + (f" (last error: {last})" if last else "")
                 )
             await self._clock.sleep(POLL_INTERVAL_S)
+
+
+def _server_of(user_id: str) -> str:
+    return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
 def _per_node(value: Any, n: int, what: str) -> list[Any]:

@@ -430,9 +430,11 @@ class Node:
     ) -> Client:
         """Register ``@localpart:<tenant>`` (default: the node's own name) and
         return a logged-in :class:`~concord_harness.client.Client`."""
-        host = None if tenant in (None, self.server_name) else tenant
-        if host is not None and host not in self.tenants:
+        host = tenant or self.server_name
+        if host not in self.tenants:
             raise ValueError(f"{self.label} hosts {self.tenants}, not {tenant}")
+        # A node with several tenants routes client requests by Host, and the
+        # client listener's own address (127.0.0.1:client_port) names none.
         client = await register(
             self._session, self.client_url, localpart, password=password, host=host
         )

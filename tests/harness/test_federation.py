@@ -159,3 +159,23 @@ def test_bad_arguments_are_refused() -> None:
         Federation(nodes=0)
     with pytest.raises(ValueError, match="expected one value or 2"):
         Federation(nodes=2, engine=["sqlite"])
+
+
+async def test_users_of_every_tenant_register_and_federate() -> None:
+    """A node with several tenants routes client requests by Host: users of its
+    primary name and of an extra tenant both register, and the tenant
+    federates with the other node through the proxies like any server."""
+    async with Federation(nodes=2, tenants_per_node=2) as fed:
+        a, b = fed.nodes
+        alice = await a.register_user("alice")
+        tina = await a.register_user("tina", tenant=a.tenants[1])
+        bob = await b.register_user("bob")
+        assert alice.user_id == f"@alice:{a.server_name}"
+        assert tina.user_id == f"@tina:{a.tenants[1]}"
+        room_id = await fed.create_room(bob, alice, tina)
+        for user in (tina, alice, bob):
+            await user.send_message(room_id, f"hello from {user.user_id}")
+        snaps = await fed.converged(room_id, timeout=15)
+        assert {s.server for s in snaps} == {a.server_name, a.tenants[1], b.server_name}
+        with pytest.raises(ValueError, match="hosts"):
+            await b.register_user("x", tenant=a.tenants[1])
