@@ -89,8 +89,8 @@ async def test_duplicate_transaction_reused_txn_id_and_window_replay(
     assert await stream_ids(b, "b.test", room) == before
     assert await b.events.get_max_stream_ordering("b.test") == max_stream
     registry = b.hs.metrics.registry
-    assert registry.get_sample_value("concord_federation_inbound_pdus_total",
-                                     {"result": "duplicate"}) >= queued
+    assert (registry.get_sample_value("concord_federation_inbound_pdus_total",
+                                      {"result": "duplicate"}) or 0) >= queued
     assert registry.get_sample_value("concord_federation_inbound_transactions_total",
                                      {"result": "replayed"}) == 1
     assert registry.get_sample_value("concord_federation_inbound_transactions_total",
