@@ -146,3 +146,24 @@ async def test_two_origins_write_into_one_room_at_once(nodes: tuple[Node, Node, 
     ext = [set(await n.events.get_forward_extremities(t, room))
            for n, t in ((a, "a.test"), (b, "b.test"), (c, "c.test"))]
     assert ext[0] == ext[1] == ext[2]
+
+
+async def test_a_receipt_edu_applied_twice_is_one_receipt(
+    nodes: tuple[Node, Node, Node],
+) -> None:
+    a, b, _ = nodes
+    room = await a.create_room(ALICE, ROOM_V11)
+    await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
+    msg = await a.say("a.test", room, ALICE, "read me")
+    await settle([a, b])
+    client = key_service_for(a.hs).client
+    edu = {"edu_type": "m.receipt", "content": {room: {"m.read": {
+        ALICE: {"event_ids": [msg.event_id], "data": {"ts": 1}}}}}}
+    for txn_id in ("r1", "r2", "r2"):
+        body = {"origin": "a.test", "origin_server_ts": 5, "pdus": [], "edus": [edu]}
+        assert await client.put_json(
+            "b.test", f"/_matrix/federation/v1/send/{txn_id}", body) == {"pdus": {}}
+    rows = await b.hs.database.fetch(
+        "SELECT event_id FROM receipts WHERE tenant = 'b.test' AND room_id = $1 "
+        "AND user_id = $2", room, ALICE)
+    assert [r[0] for r in rows] == [msg.event_id]
