@@ -6,7 +6,10 @@ behaviour". Visibility depends on the state of the room *at the event*:
 1. ``world_readable`` at the event: allow;
 2. the user's membership at the event is ``join``: allow;
 3. ``shared`` at the event and the user joined the room at any point after
-   the event: allow;
+   the event: allow. A user who is joined now is such a user (Synapse reads
+   it so too: shared history is hidden only from those not in the room), so
+   events on a branch of the room's graph concurrent with their join, whose
+   state does not list them, are not hidden from them;
 4. membership ``invite`` and visibility ``invited``: allow;
 5. otherwise deny.
 
@@ -63,11 +66,17 @@ async def filter_events_for_client(
     # room: rule 3 asks whether one comes after the event in the room's
     # history (not in the order this server happened to receive them).
     joins: dict[str, list[tuple[int, int]]] = {}
+    # The user's membership event in each room's current state.
+    member_now: dict[str, str | None] = {}
     needed: set[str] = set()
     states: dict[int | None, StateMap] = {}
     for se in events:
         room = se.event.room_id
         if room not in joins:
+            current = await state_store.get_current_state(tenant, room)
+            now = member_now[room] = current.get(("m.room.member", user_id))
+            if now is not None:
+                needed.add(now)
             positions = await ts.s.memberships.membership_stream_positions(
                 tenant, room, user_id
             )
@@ -95,7 +104,10 @@ async def filter_events_for_client(
         state = states[se.state_group_before]
         vis = _visibility(contents.get(state.get(HV_KEY, "")))
         member = _membership(contents.get(state.get(("m.room.member", user_id), "")))
-        joined_later = any(p > (ev.depth, se.stream_ordering) for p in joins[ev.room_id])
+        joined_now = _membership(contents.get(member_now[ev.room_id] or "")) == "join"
+        joined_later = joined_now or any(
+            p > (ev.depth, se.stream_ordering) for p in joins[ev.room_id]
+        )
         ok = is_allowed(vis, member, joined_later)
         if not ok and ev.type == "m.room.history_visibility" and ev.state_key == "":
             ok = is_allowed(_visibility(ev.content), member, joined_later)

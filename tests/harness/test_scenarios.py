@@ -45,6 +45,39 @@ def bodies(snap: RoomSnapshot, prefix: str) -> Counter[str]:
     )
 
 
+async def test_servers_joining_at_once_see_each_other() -> None:
+    """What the harness first found: B and C join A's room at the same moment.
+    A accepts both and sends each join on to the other server (spec "Joining
+    Rooms"), possibly while that server is still storing its own join: such a
+    PDU used to be refused as for an unknown room and lost for good, and the
+    joins and messages of the other branch, once fetched, stayed hidden from
+    users whose join was concurrent with them. Now, once A has built on both
+    branches, every server shows all three members and every message."""
+    async with Federation(nodes=3, seed="joins") as fed:
+        a, b, c = fed.nodes
+        alice, bob, carol = (await a.register_user("alice"), await b.register_user("bob"),
+                             await c.register_user("carol"))
+        room = await alice.create_room(preset="public_chat")
+        await asyncio.gather(bob.join(room, via=[a.server_name]),
+                             carol.join(room, via=[a.server_name]))
+        await asyncio.gather(bob.send_message(room, "hello from B"),
+                             carol.send_message(room, "hello from C"))
+
+        async def a_has_both() -> bool:
+            shown = [ev.get("content", {}).get("body") for ev in await alice.all_events(room)]
+            return "hello from B" in shown and "hello from C" in shown
+
+        await fed.wait_for(a_has_both, timeout=20, what="A shows both messages")
+        await alice.send_message(room, "welcome, both")  # builds on both branches
+        snaps = await fed.converged(room, timeout=20)
+        assert {s.server for s in snaps} == {a.server_name, b.server_name, c.server_name}
+        for s in snaps:
+            for user in (alice, bob, carol):
+                joined = state_event(s, ("m.room.member", user.user_id))["content"]
+                assert joined["membership"] == "join", (s.server, user.user_id)
+            assert bodies(s, "hello from ") == Counter(["hello from B", "hello from C"])
+
+
 async def test_partition_during_concurrent_state_changes() -> None:
     """A is cut off from B and C; both sides change power levels, ban someone,
     rename and retopic the room and let a new user join. After the partition
