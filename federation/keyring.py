@@ -82,6 +82,8 @@ _MAX_SIGNERS = 10
 
 # A key of one of our own server names never needs refreshing.
 _FOREVER_MS = 2**62
+# Keys held in the keyring's memory before it starts over (a key is ~200 bytes).
+_MEMORY_MAX_KEYS = 10_000
 
 
 class SignatureCheckError(Exception):
@@ -227,6 +229,12 @@ class Keyring:
         }
         self._batches: dict[str, _Batch] = {}
         self._negative: dict[tuple[str, str], int] = {}
+        # The cache's keys as last read or stored by this keyring, so a PDU's
+        # signature check costs no database round trip once its key is known.
+        # An entry only answers when it is valid for the signature at hand;
+        # otherwise the cache is read again (another process may have
+        # refreshed it).
+        self._memory: dict[tuple[str, str], FetchedKey] = {}
         # Completed requests per server: a lookup that sees this change while
         # it reads the cache knows a fresh answer just arrived.
         self._generations: dict[str, int] = {}
@@ -323,10 +331,18 @@ class Keyring:
     async def _from_cache(
         self, server_name: str, want: set[str], for_ts: int, allow_old: bool
     ) -> tuple[dict[str, FetchedKey], set[str]]:
-        cached = await self._cache.get_server_keys(server_name, want)
-        found = {
-            k: v for k, v in cached.items() if k in want and v.valid_at(for_ts, allow_old=allow_old)
-        }
+        found: dict[str, FetchedKey] = {}
+        for k in want:
+            hit = self._memory.get((server_name, k))
+            if hit is not None and hit.valid_at(for_ts, allow_old=allow_old):
+                found[k] = hit
+        if len(found) < len(want):
+            cached = await self._cache.get_server_keys(server_name, want - found.keys())
+            self._remember(server_name, cached)
+            found.update(
+                (k, v) for k, v in cached.items()
+                if k in want and v.valid_at(for_ts, allow_old=allow_old)
+            )
         now = self._clock.time_ms()
         missing = set()
         for k in want - found.keys():
@@ -335,6 +351,12 @@ class Keyring:
                 continue
             missing.add(k)
         return found, missing
+
+    def _remember(self, server_name: str, keys: Mapping[str, FetchedKey]) -> None:
+        if len(self._memory) > _MEMORY_MAX_KEYS:
+            self._memory.clear()
+        for k, v in keys.items():
+            self._memory[(server_name, k)] = v
 
     async def _run_batch(self, server_name: str, batch: _Batch) -> None:
         # Callers that reached get_verify_keys in the same loop turn have
@@ -391,6 +413,7 @@ class Keyring:
             usable = {k: v for k, v in keys.items() if v.server_name == server_name}
             if usable:
                 await self._cache.store_server_keys(server_name, usable)
+                self._remember(server_name, usable)
             remaining -= {k for k, v in usable.items() if v.valid_at(minimum_valid_until_ts)}
             if fetch_all and any(v.expired_ts is None for v in usable.values()):
                 break

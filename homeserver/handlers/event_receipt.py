@@ -15,11 +15,19 @@ failure"): it answers federation requests and takes part in later state
 resolution, but clients never see it and it never becomes a prev event.
 Rejection is an outcome, not an error: the transaction it came in still
 succeeds.
+
+:meth:`EventReceiptHandler.receive_verified_batch` runs the same checks on
+the events of one transaction for one room in a single database
+transaction: the common case (an event not yet stored, building on one
+known prev event that is the room's only forward extremity, passing every
+check) is checked against states and auth events held in memory and
+persisted with the others in one batched write; anything else is flushed up
+to that point and takes the per-event path above, unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -39,8 +47,8 @@ from federation.room_versions import RoomVersion, get_room_version
 from federation.signing import verify_pdu
 from homeserver.handlers.room_state import state_after_events_txn, update_current_state_txn
 from storage.database import Database, Transaction
-from storage.stores.events import EventStore, NewEvent
-from storage.stores.state import StateMap
+from storage.stores.events import EventStore, NewEvent, StoredEvent
+from storage.stores.state import IN_LIST_CHUNK, StateMap, in_list
 
 __all__ = ["EventReceiptHandler", "MissingEventsError", "Outcome", "ReceiptOutcome"]
 
@@ -173,6 +181,24 @@ class EventReceiptHandler:
             persisted.stream_ordering, persisted.newly_persisted,
         )
 
+    async def receive_verified_batch(
+        self, tenant: str, events: Sequence[Event]
+    ) -> list[ReceiptOutcome]:
+        """Steps 4-6 for events of one room that passed steps 1-3, in order, in
+        one database transaction.
+
+        Returns the outcomes of the longest prefix of ``events`` that could be
+        decided without fetching anything: at the first event that raises
+        (:class:`MissingEventsError`, an unknown room...), what came before it
+        is committed and the caller takes that event and the rest one by one
+        (:meth:`receive_verified_pdu`, which raises the same error again).
+        Each outcome is the one the per-event path gives in the same order.
+        """
+        if not events:
+            return []
+        async with self._db.transaction("receive_pdus") as txn:
+            return await _Batch(self, txn, tenant, events[0].room_id).run(events)
+
     async def _check_own_auth_events(
         self, txn: Transaction, tenant: str, event: Event
     ) -> str | None:
@@ -208,6 +234,173 @@ class EventReceiptHandler:
         except AuthError as e:
             return e.msg
         return None
+
+
+def _auth_failure(event: Event, auth_events: Mapping[str, Event]) -> str | None:
+    """Receipt check 4 on loaded auth events, as ``_check_own_auth_events``."""
+    for auth_event in auth_events.values():
+        if auth_event.rejected_reason is not None:
+            return f"auth event {auth_event.event_id} was rejected"
+    try:
+        check_auth(event, check_auth_events_selection(event, auth_events))
+    except AuthError as e:
+        return e.msg
+    return None
+
+
+class _Batch:
+    """One :meth:`EventReceiptHandler.receive_verified_batch` call.
+
+    Holds, for one room, what the per-event path would read again for every
+    event: the room version, the forward extremities, the state after the
+    events at hand, the events loaded so far; and the accepted events not yet
+    written (``pending``). Whatever the fast path cannot decide exactly as
+    the per-event path would is handed to that path after a flush, and the
+    in-memory view is dropped (it is read again from the database).
+    """
+
+    def __init__(
+        self, handler: EventReceiptHandler, txn: Transaction, tenant: str, room_id: str
+    ) -> None:
+        self._handler = handler
+        self._events = handler._events
+        self._txn = txn
+        self._tenant = tenant
+        self._room_id = room_id
+        self._stored: dict[str, StoredEvent] = {}
+        self._followed: set[str] = set()
+        self._seen: set[str] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._room_version: str | None = None
+        self._extremities: list[str] | None = None
+        self._state_after: dict[str, StateMap] = {}
+        self._loaded: dict[str, Event] = {}
+        self._pending: list[Event] = []
+
+    async def run(self, events: Sequence[Event]) -> list[ReceiptOutcome]:
+        txn, tenant, store = self._txn, self._tenant, self._events
+        await txn.lock(f"event_graph:{tenant}")
+        ids = [e.event_id for e in events]
+        self._stored = await store.get_stored_events(tenant, ids, txn=txn)
+        # Events some stored, accepted event already builds on: persisting one
+        # does not make it a forward extremity (``_update_extremities_txn``).
+        rows = await txn.fetch(
+            "SELECT DISTINCT g.prev_event_id FROM event_edges g "
+            "JOIN events e ON e.tenant = g.tenant AND e.event_id = g.event_id "
+            f"WHERE g.tenant = $1 AND g.prev_event_id IN ({in_list(ids, 2)}) "
+            "AND e.outlier = 0 AND e.soft_failed = 0 AND e.rejected_reason IS NULL",
+            tenant, *ids,
+        ) if len(ids) <= IN_LIST_CHUNK else [(i,) for i in ids]
+        self._followed = {str(r[0]) for r in rows}
+        outcomes: list[ReceiptOutcome] = []
+        for event in events:
+            if await self._fast(event):
+                continue
+            outcomes.extend(await self._flush())
+            try:
+                outcomes.append(
+                    await self._handler.receive_verified_pdu_txn(txn, tenant, event)
+                )
+            except MatrixError:
+                # Nothing of this event was written (every check that raises
+                # comes before the first write): commit the prefix.
+                return outcomes
+            self._seen.add(event.event_id)
+        outcomes.extend(await self._flush())
+        return outcomes
+
+    async def _fast(self, event: Event) -> bool:
+        """Check and queue ``event`` as the per-event path would accept it;
+        False (nothing queued) unless that is certain."""
+        txn, tenant, store = self._txn, self._tenant, self._events
+        eid = event.event_id
+        prev_ids = event.prev_event_ids
+        if (
+            eid in self._stored or eid in self._seen or eid in self._followed
+            or event.room_id != self._room_id or len(prev_ids) != 1
+            or (event.type == "m.room.create" and event.state_key == "")
+        ):
+            return False
+        rv = event.room_version
+        if self._room_version is None:
+            self._room_version = await store.state.get_room_version_id(
+                tenant, self._room_id, txn=txn
+            )
+        if self._room_version is None or get_room_version(self._room_version) is not rv:
+            return False
+        # Step 6 holds trivially only when the event builds on all the room's
+        # forward extremities.
+        prev = prev_ids[0]
+        if self._extremities is None:
+            self._extremities = await store.get_forward_extremities(
+                tenant, self._room_id, txn=txn
+            )
+        if set(self._extremities) - {prev}:
+            return False
+        # Step 4.
+        wanted = list(event.auth_event_ids)
+        if rv.room_id_from_create_event and event.type != "m.room.create":
+            wanted.append(create_event_id_for_room(event.room_id))
+        auth_events = await self._load(wanted)
+        if len(auth_events) != len(set(wanted)) or _auth_failure(event, auth_events):
+            return False
+        # Step 5: the state after the only prev event.
+        before = self._state_after.get(prev)
+        if before is None:
+            groups = await store.get_state_groups_for_event(tenant, prev, txn=txn)
+            if groups is None:
+                return False
+            before = await store.state.get_state_group(tenant, groups[1], txn=txn)
+            self._state_after[prev] = before
+        keys = auth_types_for_event(event, rv) | {CREATE_KEY}
+        by_key = {k: before[k] for k in keys if k in before}
+        loaded = await self._load(by_key.values())
+        try:
+            check_auth(event, {k: loaded[e] for k, e in by_key.items() if e in loaded})
+        except AuthError:
+            return False
+        # Accepted: what persisting it now would do to the in-memory view.
+        after = before
+        if event.is_state():
+            after = dict(before)
+            after[event.state_tuple] = eid
+        self._state_after[eid] = after
+        self._loaded[eid] = event
+        self._extremities = [eid]
+        self._pending.append(event)
+        self._seen.add(eid)
+        return True
+
+    async def _load(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        ids = list(dict.fromkeys(event_ids))
+        missing = [e for e in ids if e not in self._loaded]
+        if missing:
+            self._loaded.update(
+                await self._events.get_events(self._tenant, missing, txn=self._txn)
+            )
+        return {e: self._loaded[e] for e in ids if e in self._loaded}
+
+    async def _flush(self) -> list[ReceiptOutcome]:
+        """Persist the queued events (one batched write), then the room's
+        current state, as the per-event path does after each of them."""
+        pending = self._pending
+        if not pending:
+            self._reset()
+            return []
+        txn, tenant, store = self._txn, self._tenant, self._events
+        persisted = await store.persist_events_txn(
+            txn, tenant, [NewEvent(e) for e in pending]
+        )
+        rv = pending[0].room_version
+        await update_current_state_txn(txn, store, tenant, self._room_id, rv)
+        self._reset()
+        return [
+            ReceiptOutcome(p.event_id, Outcome.ACCEPTED, None, p.stream_ordering,
+                           p.newly_persisted)
+            for p in persisted
+        ]
 
 
 def _outcome_of(rejected_reason: str | None, soft_failed: bool) -> Outcome:

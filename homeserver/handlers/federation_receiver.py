@@ -40,7 +40,7 @@ from federation.events import Event
 from federation.hashes import compute_event_id
 from federation.keyring import Keyring
 from federation.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, get_room_version
-from homeserver.handlers.event_receipt import Outcome
+from homeserver.handlers.event_receipt import Outcome, ReceiptOutcome
 from homeserver.handlers.missing_events import MissingEventsFetcher
 from homeserver.handlers.room_acl import RoomServerAcls
 from homeserver.handlers.room_joins import RoomJoins
@@ -208,11 +208,13 @@ class TransactionHandler:
     ) -> dict[str, dict[str, str]]:
         results: dict[str, dict[str, str]] = {}
         prepared: list[tuple[int, int, str, Any, RoomVersion | None, str | None]] = []
+        # Room versions never change; an unknown room is looked up again.
+        versions: dict[str, RoomVersion] = {}
         for n, pdu in enumerate(pdus):
             if not isinstance(pdu, dict):
                 logger.info("RX [%s] PDU %d is not an object; dropped", origin, n)
                 continue
-            rv, error = await self._room_version_of(tenant, pdu)
+            rv, error = await self._room_version_of(tenant, pdu, versions)
             event_id = _event_id_or_none(pdu, rv)
             if event_id is None:
                 logger.info("RX [%s] PDU %d has no computable event ID; dropped", origin, n)
@@ -220,7 +222,13 @@ class TransactionHandler:
             depth = pdu.get("depth")
             prepared.append((depth if type(depth) is int else 0, n, event_id, pdu, rv, error))
         # Oldest first, so events of one transaction that build on each other
-        # do not each trigger a fetch of the other.
+        # do not each trigger a fetch of the other. Consecutive PDUs of one
+        # room are processed as a run (one database transaction when nothing
+        # needs fetching); the room's ACL is read once per run, and a run ends
+        # after an ACL event so the PDUs after it are judged by it.
+        run: list[tuple[str, dict[str, Any], RoomVersion]] = []
+        run_room: str | None = None
+        run_allowed = True
         for _, _, event_id, pdu, rv, error in sorted(prepared, key=lambda p: (p[0], p[1])):
             if error is not None or rv is None:
                 self._metrics.inbound_pdus.labels("refused").inc()
@@ -234,13 +242,54 @@ class TransactionHandler:
                 results[event_id] = {"error": refused}
                 continue
             room_id = pdu["room_id"]
-            if not await self._acls.allows(tenant, room_id, origin):
+            if room_id != run_room:
+                if run:
+                    results.update(await self._process_run(tenant, origin, run))
+                    run = []
+                run_room = room_id
+                run_allowed = await self._acls.allows(tenant, room_id, origin)
+            if not run_allowed:
                 logger.info("RX [%s] %s refused: server ACL of %s", origin, event_id, room_id)
                 results[event_id] = {"error": f"{origin} is denied by the server ACL of {room_id}"}
                 continue
-            async with self._room_lock(tenant, room_id):
-                results[event_id] = await self._process_pdu(tenant, origin, event_id, pdu, rv)
+            run.append((event_id, pdu, rv))
+            if pdu.get("type") == "m.room.server_acl" and "state_key" in pdu:
+                results.update(await self._process_run(tenant, origin, run))
+                run, run_room = [], None
+        if run:
+            results.update(await self._process_run(tenant, origin, run))
         return results
+
+    async def _process_run(
+        self, tenant: str, origin: str, run: list[tuple[str, dict[str, Any], RoomVersion]]
+    ) -> dict[str, dict[str, str]]:
+        """PDUs of one room, in order, under the room's lock."""
+        results: dict[str, dict[str, str]] = {}
+        room_id = run[0][1]["room_id"]
+        async with self._room_lock(tenant, room_id):
+            events: list[Event] = []
+            for event_id, pdu, rv in run:
+                try:
+                    verified = await self._keyring.verify_pdu(pdu, rv)  # receipt checks 1-3
+                except MatrixError as e:
+                    results[event_id] = self._refused(origin, event_id, e)
+                    continue
+                if verified.redacted:
+                    logger.info("RX [%s] %s: content hash mismatch; processing it redacted",
+                                origin, event_id)
+                events.append(verified.event)
+            outcomes = await self._fetcher.receive_batch_with_fetching(tenant, origin, events)
+        for event, outcome in zip(events, outcomes, strict=True):
+            if isinstance(outcome, MatrixError):
+                results[event.event_id] = self._refused(origin, event.event_id, outcome)
+            else:
+                results[event.event_id] = self._outcome_result(tenant, origin, event, outcome)
+        return results
+
+    def _refused(self, origin: str, event_id: str, e: MatrixError) -> dict[str, str]:
+        logger.info("RX [%s] %s refused: %s", origin, event_id, e.msg)
+        self._metrics.inbound_pdus.labels("refused").inc()
+        return {"error": e.msg}
 
     @asynccontextmanager
     async def _room_lock(self, tenant: str, room_id: str) -> AsyncIterator[None]:
@@ -260,11 +309,13 @@ class TransactionHandler:
                 del self._room_locks[key]
 
     async def _room_version_of(
-        self, tenant: str, pdu: Mapping[str, Any]
+        self, tenant: str, pdu: Mapping[str, Any], known: dict[str, RoomVersion]
     ) -> tuple[RoomVersion | None, str | None]:
         room_id = pdu.get("room_id")
         if not isinstance(room_id, str):
             return None, "PDU has no room_id"
+        if room_id in known:
+            return known[room_id], None
         rv_id = await self._events.state.get_room_version_id(tenant, room_id)
         if rv_id is None and self.joins is not None and await self.joins.wait(
             tenant, room_id, self._clock
@@ -274,22 +325,13 @@ class TransactionHandler:
             rv_id = await self._events.state.get_room_version_id(tenant, room_id)
         if rv_id is None:
             return None, f"unknown room {room_id}"
-        return get_room_version(rv_id), None
+        rv = known[room_id] = get_room_version(rv_id)
+        return rv, None
 
-    async def _process_pdu(
-        self, tenant: str, origin: str, event_id: str, pdu: dict[str, Any], rv: RoomVersion
+    def _outcome_result(
+        self, tenant: str, origin: str, event: Event, outcome: ReceiptOutcome
     ) -> dict[str, str]:
-        try:
-            verified = await self._keyring.verify_pdu(pdu, rv)  # receipt checks 1-3
-            event = verified.event
-            if verified.redacted:
-                logger.info("RX [%s] %s: content hash mismatch; processing it redacted",
-                            origin, event_id)
-            outcome = await self._fetcher.receive_with_fetching(tenant, origin, event)
-        except MatrixError as e:
-            logger.info("RX [%s] %s refused: %s", origin, event_id, e.msg)
-            self._metrics.inbound_pdus.labels("refused").inc()
-            return {"error": e.msg}
+        event_id = event.event_id
         if not outcome.newly_persisted:
             self._metrics.inbound_pdus.labels("duplicate").inc()
         else:

@@ -343,6 +343,26 @@ class MissingEventsFetcher:
 
     # -- the whole receipt with fetching -------------------------------------------------
 
+    async def receive_batch_with_fetching(
+        self, tenant: str, origin: str, events: list[Event]
+    ) -> list[ReceiptOutcome | MatrixError]:
+        """:meth:`receive_with_fetching` for each of ``events`` (one room), in
+        order; an event's ``MatrixError`` is its result.
+
+        The events that need nothing fetched go through in one database
+        transaction (:meth:`EventReceiptHandler.receive_verified_batch`); from
+        the first that does, one by one.
+        """
+        done: list[ReceiptOutcome | MatrixError] = []
+        if len(events) > 1:
+            done.extend(await self._receipt.receive_verified_batch(tenant, events))
+        for ev in events[len(done):]:
+            try:
+                done.append(await self.receive_with_fetching(tenant, origin, ev))
+            except MatrixError as e:
+                done.append(e)
+        return done
+
     async def receive_with_fetching(
         self, tenant: str, origin: str, event: Event, *, allow_missing_events: bool = True
     ) -> ReceiptOutcome:
