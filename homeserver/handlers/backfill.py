@@ -170,6 +170,8 @@ class PaginationBackfiller:
             if stored:
                 self._failed.pop(key, None)
                 return stored
+        if len(self._failed) >= 1000:
+            self._failed = {k: t for k, t in self._failed.items() if t > now}
         self._failed[key] = now + RETRY_AFTER_S
         return 0
 
