@@ -26,8 +26,8 @@ SUBCOMMAND_MODULES = (
     "register_user",
     "tenant",
     "keys",
-    "federation",
     "discovery",
+    "federation",
 )
 
 
