@@ -19,6 +19,7 @@ from storage.database import Database
 from storage.stores.account_data import AccountDataStore
 from storage.stores.client_txns import ClientTxnStore
 from storage.stores.events import EventStore
+from storage.stores.federation_inbound import FederationInboundStore
 from storage.stores.filters import FilterStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.receipts import ReceiptStore
@@ -47,6 +48,8 @@ class DatabaseStores:
     memberships: RoomMembershipStore
     timeline: RoomTimelineStore
     filters: FilterStore
+    #: Invites of local users received over federation (``PUT /v2/invite``).
+    invites: FederationInboundStore
 
     @classmethod
     def build(
@@ -67,6 +70,7 @@ class DatabaseStores:
             memberships=RoomMembershipStore(db),
             timeline=RoomTimelineStore(db),
             filters=FilterStore(db),
+            invites=FederationInboundStore(db),
         )
 
 

@@ -37,6 +37,7 @@ from homeserver.handlers.typing import TypingHandler
 from homeserver.handlers.visibility import filter_events_for_client
 from homeserver.notifier import Notifier
 from storage.stores.events import StoredEvent
+from storage.stores.federation_inbound import ReceivedInvite
 from storage.stores.state import StateMap
 
 __all__ = ["SyncFilter", "SyncHandler"]
@@ -139,8 +140,35 @@ class SyncHandler:
         join: JsonDict = {}
         invite: JsonDict = {}
         leave: JsonDict = {}
-        for room_id in await self._user_rooms(ts, user_id):
+        remote = await self._remote_invites(ts, user_id)
+        for room_id, (received, latest) in remote.items():
             if room_id in forgotten or not flt.wants_room(room_id):
+                continue
+            if latest.stream_ordering > now.events:
+                continue
+            changed_since = since is None or latest.stream_ordering > since.events
+            if latest.event.event_id == received.event_id:
+                if changed_since:
+                    own = ("m.room.member", user_id)
+                    invite[room_id] = {"invite_state": {"events": [
+                        *(e for e in received.invite_room_state
+                          if (e.get("type"), e.get("state_key")) != own),
+                        _stripped_invite(latest.event),
+                    ]}}
+            elif since is not None and changed_since or (since is None and flt.include_leave):
+                # Rejected: the leave tells a client to drop the invite.
+                leave[room_id] = {
+                    "timeline": {
+                        "events": await self._format(ctx, [latest.event]),
+                        "limited": False,
+                        "prev_batch": TopologicalToken(
+                            latest.event.depth, latest.stream_ordering - 1).encode(),
+                    },
+                    "state": {"events": []},
+                    "account_data": {"events": []},
+                }
+        for room_id in await self._user_rooms(ts, user_id):
+            if room_id in forgotten or not flt.wants_room(room_id) or room_id in remote:
                 continue
             state = await ts.s.events.state.get_current_state(tenant, room_id)
             member_eid = state.get(("m.room.member", user_id))
@@ -188,6 +216,44 @@ class SyncHandler:
             "device_one_time_keys_count": {},
         }
         return result, news
+
+    async def _remote_invites(
+        self, ts: TenantStores, user_id: str
+    ) -> dict[str, tuple[ReceivedInvite, StoredEvent]]:
+        """Rooms whose last say on the user's membership is an invite received
+        over federation (``PUT /v2/invite``) or the leave that rejected it:
+        ``{room_id: (invite, that invite or the rejecting leave)}``.
+
+        Both are outliers (this tenant holds none of the room's state), so the
+        room's current state cannot tell. A room whose graph has a later
+        membership of the user (they joined; or the invite was also received
+        over ``/send`` into a room this tenant is in) is left to the state path.
+        """
+        tenant = ts.server_name
+        latest_invite: dict[str, ReceivedInvite] = {}
+        for inv in await ts.s.invites.get_invites_for_user(tenant, user_id):
+            latest_invite[inv.room_id] = inv  # oldest first: the last one wins
+        out: dict[str, tuple[ReceivedInvite, StoredEvent]] = {}
+        for room_id, inv in latest_invite.items():
+            ids = await ts.s.memberships.membership_event_ids_in(tenant, user_id, room_id)
+            stored = await ts.s.events.get_stored_events(tenant, [*ids, inv.event_id])
+            invite_se = stored.get(inv.event_id)
+            if invite_se is None or invite_se.rejected_reason is not None:
+                continue
+            latest = invite_se
+            for se in sorted(stored.values(), key=lambda se: se.stream_ordering):
+                if se.stream_ordering <= invite_se.stream_ordering:
+                    continue
+                if not se.outlier:
+                    latest = se
+                elif (se.event.sender == user_id and se.event.depth > invite_se.event.depth
+                      and se.event.membership in ("leave", "join")):
+                    # The user's own answer built on the invite. An older
+                    # membership fetched late as an auth event is shallower.
+                    latest = se
+            if latest.outlier or latest is invite_se:
+                out[room_id] = (inv, latest)
+        return out
 
     async def _timeline(
         self, ctx: _Ctx, room_id: str, *, upto: int, after: int
@@ -335,3 +401,11 @@ class SyncHandler:
              "event_id": invite.event_id, "origin_server_ts": invite.origin_server_ts}
         )
         return out
+
+
+def _stripped_invite(invite: Event) -> JsonDict:
+    """The invite itself, last in ``invite_state`` (client-server-api "Stripped
+    state": the user's own membership event among the events)."""
+    return {"type": invite.type, "state_key": invite.state_key,
+            "content": dict(invite.content), "sender": invite.sender,
+            "event_id": invite.event_id, "origin_server_ts": invite.origin_server_ts}

@@ -45,6 +45,20 @@ class RoomMembershipStore:
         )
         return [(int(r[0]), str(r[1])) for r in rows]
 
+    async def membership_event_ids_in(
+        self, tenant: str, user_id: str, room_id: str
+    ) -> list[str]:
+        """Every accepted or outlier membership event of ``user_id`` in a room
+        (an invite received over federation, or the leave that rejected one,
+        is an outlier: this tenant holds no state of the room)."""
+        rows = await self._db.fetch(
+            "SELECT event_id FROM events WHERE tenant = $1 AND room_id = $2 "
+            "AND type = 'm.room.member' AND state_key = $3 "
+            "AND rejected_reason IS NULL AND soft_failed = 0 ORDER BY stream_ordering",
+            tenant, room_id, user_id,
+        )
+        return [str(r[0]) for r in rows]
+
     async def redaction_event_ids(
         self, tenant: str, room_id: str, *, conn: Queryable | None = None
     ) -> list[str]:

@@ -232,12 +232,6 @@ async def test_synapse_invites_a_concord_user_who_joins_then_leaves(
     await wait_for_event(synapse_client, alice, room_id, is_member(carol.user_id, "leave"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Concord's /sync derives memberships from room state, and an invite received "
-    "over federation is stored as an outlier (and in the invites table), so it is not "
-    "listed under rooms.invite yet",
-)
 async def test_concord_sync_lists_an_invite_from_synapse(
     synapse_client: SynapseClient, concord: Concord
 ) -> None:

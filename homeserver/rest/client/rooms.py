@@ -76,6 +76,9 @@ class MembershipServlet(_Base):
         reason = body.get("reason")
         if action == "leave":
             await m.leave(ts, user, room_id, reason)
+            # A rejection over federation persists no event of the room's
+            # graph, so no event hook wakes the user's other /sync requests.
+            self.api.notifier.notify(ts.server_name, user_ids=[user])
         elif action == "forget":
             await m.forget(ts, user, room_id)
         else:
