@@ -95,6 +95,8 @@ class _Queue:
         self.backoff_wake: asyncio.Future[None] | None = None
         #: True once the backoff sleep is registered with the clock.
         self.sleeping = False
+        #: The retry time (ms) the backoff sleep ends at, while sleeping.
+        self.sleep_until: int | None = None
 
     @property
     def busy(self) -> bool:
@@ -120,6 +122,7 @@ class _Queue:
                 if state is not None and state.next_retry_ts is not None:
                     wait_ms = state.next_retry_ts - clock.time_ms()
                     if wait_ms > 0:
+                        self.sleep_until = state.next_retry_ts
                         await self._sleep(wait_ms / 1000)
                         continue
                 txn = await self.store.next_transaction(
@@ -161,6 +164,7 @@ class _Queue:
             sleeper.cancel()
             self.backoff_wake = None
             self.sleeping = False
+            self.sleep_until = None
             self.sender._changed()
 
     async def _send(self, txn: OutboundTransaction, log_prefix: str) -> None:
@@ -517,11 +521,26 @@ class FederationSender:
             self._sweeper = asyncio.ensure_future(self._sweep_loop())
 
     async def sweep(self) -> None:
+        """Wake queues with rows but no task, and end the backoff sleep of
+        queues whose persisted retry time was cleared or brought forward
+        since they fell asleep (``homeserver federation destinations --reset``
+        and ``dead-letters replay`` write the database only)."""
         for store in list(self._stores.values()):
             for origin, destination in await store.pending_queues():
                 q = self._queue(store, origin, destination)
                 if q.task is None:
                     q.wake()
+        now = self.clock.time_ms()
+        for q in list(self._queues.values()):
+            until = q.sleep_until
+            if q.backoff_wake is None or until is None:
+                continue
+            state = await q.store.get_destination(q.destination)
+            retry = state.next_retry_ts if state is not None else None
+            if retry is None or retry < until or retry <= now:
+                # The queue re-reads the state when it wakes and sleeps again
+                # if a (shorter) backoff still applies.
+                q.end_backoff()
         await self.refresh_gauges()
 
     async def _sweep_loop(self) -> None:

@@ -209,3 +209,122 @@ async def test_dead_letters_inspected_and_replayed(node: Running, peer: Scripted
     status, done = await node.api("POST", "/replay", {"destination": "nobody.test",
                                                       "since": 0})
     assert status == 400 and "nothing to replay" in done["error"]
+
+
+async def backing_off(node: Running, peer: ScriptedPeer, tenant: LocalTenant, room: str,
+                      body: str) -> str:
+    """Say ``body`` while the peer answers 429 with an hour's ``retry_after_ms``:
+    the queue ends asleep in a backoff far longer than the node's sweep."""
+    peer.answers = [(429, {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down",
+                           "retry_after_ms": 3_600_000})]
+    seen = len(peer.attempts)
+    ev = await tenant.say(room, body)
+    await peer.wait_attempts(seen + 1)
+    await node.sender.wait_until_idle()
+    assert node.sender.running_queues == 1  # asleep, not finished
+    status, dest = await node.api("GET", "/destinations/b.test")
+    assert dest["state"] == "backing_off"
+    assert dest["next_retry_ts"] >= node.hs.clock.time_ms() + 3_600_000
+    return ev.event_id
+
+
+async def test_cli_reset_wakes_a_sleeping_queue_at_the_sweep(
+    node: Running, peer: ScriptedPeer
+) -> None:
+    hs = node.hs
+    assert isinstance(hs.clock, FakeClock)
+    tenant = LocalTenant(hs.database, hs.clock)
+    key_service_for(hs)
+    room = await tenant.room_with_remote_members([BOB])
+    first = await backing_off(node, peer, tenant, room, "m0")
+    seen = len(peer.attempts)
+
+    code, out, err = await node.cli("destinations", "--reset", "b.test")
+    assert code == 0 and "reset the backoff of b.test" in out, err
+    hs.clock.advance(60)  # the node's outbox sweep, an hour before the old retry time
+    await peer.wait_attempts(seen + 1)
+    await node.sender.wait_until_idle()
+    assert peer.event_ids() == [first]
+
+    # A dead letter replayed from the CLI while the queue sleeps is sent at
+    # the sweep too, not at the old retry time.
+    second = await backing_off(node, peer, tenant, room, "m1")
+    peer.answers = [(400, {"errcode": "M_BAD_JSON", "error": "no"})]
+    code, _, err = await node.cli("destinations", "--reset", "b.test")
+    assert code == 0, err
+    hs.clock.advance(60)
+    await peer.wait_attempts(len(peer.attempts) + 1)
+    await node.sender.wait_until_idle()
+    status, body = await node.api("GET", "/dead_letters?reason=rejected")
+    assert body["total"] == 1 and body["dead_letters"][0]["event_id"] == second
+    third = await backing_off(node, peer, tenant, room, "m2")
+    # Only the CLI's replay (which clears the backoff in the database) can wake it now.
+    seen = len(peer.attempts)
+    hs.clock.advance(60)
+    await node.sender.wait_until_idle()
+    assert len(peer.attempts) == seen  # a sweep alone leaves the backoff alone
+    code, out, _ = await node.cli("dead-letters", "replay", "--reason", "rejected")
+    assert code == 0 and "replayed 1" in out
+    hs.clock.advance(60)
+    await peer.wait_attempts(seen + 1)
+    await node.sender.wait_until_idle()
+    assert set(peer.event_ids()) == {first, second, third}
+    assert (await node.api("GET", "/dead_letters"))[1]["total"] == 0
+
+
+async def test_admin_reset_purge_and_replay_window(node: Running, peer: ScriptedPeer) -> None:
+    hs = node.hs
+    assert isinstance(hs.clock, FakeClock)
+    tenant = LocalTenant(hs.database, hs.clock)
+    key_service_for(hs)
+    room = await tenant.room_with_remote_members([BOB])
+    other = await tenant.room_with_remote_members([BOB])
+
+    # Reset through the admin API: retried at once, no clock advance.
+    first = await backing_off(node, peer, tenant, room, "m0")
+    seen = len(peer.attempts)
+    status, body = await node.api("POST", "/destinations/b.test/reset")
+    assert status == 200, body
+    await peer.wait_attempts(seen + 1)
+    await node.sender.wait_until_idle()
+    assert peer.event_ids() == [first]
+    status, dest = await node.api("GET", "/destinations/b.test")
+    assert dest["state"] == "idle" and dest["next_retry_ts"] is None
+
+    # Two refused transactions, one per room: purge one by filter, one by ID.
+    peer.status = (400, {"errcode": "M_BAD_JSON", "error": "no"})
+    refused = []
+    for r in (room, other):
+        seen = len(peer.attempts)
+        refused.append((await tenant.say(r, "refused")).event_id)
+        await peer.wait_attempts(seen + 1)
+        await node.sender.wait_until_idle()
+    peer.status = None
+    assert (await node.api("GET", "/dead_letters"))[1]["total"] == 2
+    assert 'concord_federation_dead_letters{reason="rejected"} 2.0' in await node.metrics()
+    status, done = await node.api("POST", "/dead_letters/purge",
+                                  {"room_id": other, "reason": "rejected"})
+    assert status == 200 and done == {"purged": 1}
+    status, body = await node.api("GET", "/dead_letters")
+    assert body["total"] == 1 and body["dead_letters"][0]["event_id"] == refused[0]
+    assert 'concord_federation_dead_letters{reason="rejected"} 1.0' in await node.metrics()
+    status, done = await node.api("DELETE", f"/dead_letters/{body['dead_letters'][0]['id']}")
+    assert status == 200 and done == {"purged": 1}
+    assert (await node.api("GET", "/dead_letters"))[1]["total"] == 0
+    assert 'concord_federation_dead_letters{reason="rejected"} 0.0' in await node.metrics()
+    status, gone = await node.api("DELETE", f"/dead_letters/{body['dead_letters'][0]['id']}")
+    assert status == 404, gone
+
+    # A replay window through the admin API: every message of the room sent
+    # again, delivered at once.
+    since = hs.clock.time_ms() - 3_600_000
+    seen = len(peer.attempts)
+    status, done = await node.api("POST", "/replay", {"destination": "b.test",
+                                                      "since": since, "room_id": room})
+    assert status == 200 and done["since"] == since
+    assert done["queued"] >= 2  # m0 and the purged refusal (and the room's own events)
+    await peer.wait_attempts(seen + 1)
+    await node.sender.wait_until_idle()
+    resent = peer.event_ids()[1:]
+    assert first in resent and refused[0] in resent and refused[1] not in resent
+    assert len(resent) == done["queued"]
