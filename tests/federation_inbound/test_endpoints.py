@@ -181,8 +181,8 @@ async def test_event_state_backfill_shapes(setup: Setup) -> None:
     assert status == 404 and body["errcode"] == "M_NOT_FOUND"
 
 
-async def test_servers_without_visibility_get_403(sqlite_setup: Setup) -> None:
-    node, peer = sqlite_setup
+async def test_servers_without_visibility_get_403(setup: Setup) -> None:
+    node, peer = setup
     room_id = await node.create_room(ROOM_V11)
     msg = await node.send(room_id, "m.room.message", {"body": "secret", "msgtype": "m.text"})
     for method, path, query, body in [
@@ -205,9 +205,9 @@ async def test_servers_without_visibility_get_403(sqlite_setup: Setup) -> None:
 
 
 async def test_history_before_join_is_redacted_for_joined_visibility(
-    sqlite_setup: Setup,
+    setup: Setup,
 ) -> None:
-    node, peer = sqlite_setup
+    node, peer = setup
     rv = ROOM_V11
     room_id = await node.create_room(rv, history_visibility="joined")
     secret = await node.send(room_id, "m.room.message", {"body": "before", "msgtype": "m.text"})

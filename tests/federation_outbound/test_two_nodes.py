@@ -1,5 +1,6 @@
 """Two real Concord nodes: events go out through the outbox, joins go
-through make_join/send_join, invites and leaves over federation."""
+through make_join/send_join, invites and leaves over federation. Node A runs
+on SQLite, node B once per storage engine."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ BOB = "@bob:b.test"
 
 
 @pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+async def two(tmp_path: Path, database_url: str) -> AsyncIterator[tuple[Node, Node]]:
+    """Node A (SQLite) and node B (each engine, through ``database_url``)."""
     clock = FakeClock()
     a = await start_node(tmp_path / "a", "a.test", clock)
-    b = await start_node(tmp_path / "b", "b.test", clock)
+    b = await start_node(tmp_path / "b", "b.test", clock, database_url=database_url)
     link([a, b])
     try:
         yield a, b
