@@ -239,6 +239,7 @@ class TransactionHandler:
                 # Trust domain: an event originated by a server outside it,
                 # relayed by a trusted one; refused before any key lookup.
                 logger.info("RX [%s] %s refused: %s", origin, event_id, refused)
+                self._metrics.inbound_pdus.labels("refused").inc()
                 results[event_id] = {"error": refused}
                 continue
             room_id = pdu["room_id"]
@@ -250,6 +251,7 @@ class TransactionHandler:
                 run_allowed = await self._acls.allows(tenant, room_id, origin)
             if not run_allowed:
                 logger.info("RX [%s] %s refused: server ACL of %s", origin, event_id, room_id)
+                self._metrics.inbound_pdus.labels("refused").inc()
                 results[event_id] = {"error": f"{origin} is denied by the server ACL of {room_id}"}
                 continue
             run.append((event_id, pdu, rv))

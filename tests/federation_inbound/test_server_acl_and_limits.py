@@ -80,8 +80,12 @@ async def test_acl_denies_every_room_scoped_endpoint(setup: Setup) -> None:
     # /send answers 200 with an error for the PDU, and ignores its receipt.
     receipt = {"edu_type": "m.receipt", "content": {room_id: {"m.read": {PEER_USER: {
         "event_ids": [join_id], "data": {"ts": 1}}}}}}
+    refused_before = node.hs.metrics.registry.get_sample_value(
+        "concord_federation_inbound_pdus_total", {"result": "refused"}) or 0
     status, resp = await send_txn(peer, "acl1", [msg], edus=[receipt])
     assert status == 200
+    assert node.hs.metrics.registry.get_sample_value(
+        "concord_federation_inbound_pdus_total", {"result": "refused"}) == refused_before + 1
     assert resp == {"pdus": {peer.event_id(msg, rv): {
         "error": f"{PEER} is denied by the server ACL of {room_id}"}}}
     assert await counts(setup, room_id) == before

@@ -106,6 +106,8 @@ async def test_pdu_from_an_untrusted_server_relayed_by_a_trusted_one(nodes: Star
     )
     err = resp["pdus"][event_id]["error"]
     assert "c.test is not in the trust domain of a.test" in err
+    assert a.hs.metrics.registry.get_sample_value(
+        "concord_federation_inbound_pdus_total", {"result": "refused"}) == 1
     assert await a.events.get_event("a.test", event_id) is None
     assert await a.hs.database.fetchval(
         "SELECT COUNT(*) FROM remote_server_keys WHERE server_name = 'c.test'"
