@@ -31,7 +31,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from federation.clock import Clock
 from homeserver.config import (
@@ -83,6 +83,13 @@ class TenantState(enum.StrEnum):
 @dataclass(frozen=True)
 class Quotas:
     """Per-tenant limits; ``None`` means unlimited. Enforced by homeserver/quotas.py."""
+
+    #: The smallest value of each limit (as config.py's ``quotas`` section
+    #: allows): 0 users or rooms freezes a tenant's growth, but an event rate
+    #: of 0 would make every send fail, so it must be at least 1.
+    MINIMUMS: ClassVar[dict[str, int]] = {
+        "max_users": 0, "max_rooms": 0, "max_events_per_minute": 1,
+    }
 
     max_users: int | None = None
     max_rooms: int | None = None
@@ -517,12 +524,13 @@ class TenantRegistry:
         if await self._store.get(server_name) is not None:
             raise TenantError(f"tenant {server_name} already exists")
         for field_name, value in asdict(quotas).items():
+            least = Quotas.MINIMUMS.get(field_name)
             if (
-                field_name != "admin_contact"
+                least is not None
                 and value is not None
-                and (not isinstance(value, int) or isinstance(value, bool) or value < 0)
+                and (not isinstance(value, int) or isinstance(value, bool) or value < least)
             ):
-                raise TenantError(f"quota {field_name} must be a non-negative integer")
+                raise TenantError(f"quota {field_name} must be an integer of at least {least}")
 
         key_dir = key_dir or os.path.join(self._config.data_dir, "tenants")
         key_path = os.path.join(key_dir, tenant_key_file_name(server_name))

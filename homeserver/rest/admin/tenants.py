@@ -46,11 +46,13 @@ def _quotas(raw: Any) -> Quotas:
         raise MatrixError(400, Codes.INVALID_PARAM, "quotas must be an object")
     for key, value in raw.items():
         if key in _QUOTA_KEYS:
+            least = Quotas.MINIMUMS[key]
             if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 0
+                not isinstance(value, int) or isinstance(value, bool) or value < least
             ):
                 raise MatrixError(
-                    400, Codes.INVALID_PARAM, f"quotas.{key} must be a non-negative integer"
+                    400, Codes.INVALID_PARAM,
+                    f"quotas.{key} must be an integer of at least {least}",
                 )
         elif key == "admin_contact":
             if value is not None and not isinstance(value, str):

@@ -190,11 +190,20 @@ class ContextServlet(_Base):
         )
 
 
+MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
+
+
 class MembersServlet(_Base):
     PATTERNS = client_patterns("/rooms/{room:[^/]+}/members")
 
     async def on_GET(self, request: web.Request) -> Result:
         requester, ts = await self.api.auth(request)
+        for param in ("membership", "not_membership"):
+            # Spec "GET /members": one of join, invite, knock, leave, ban.
+            value = request.query.get(param)
+            if value is not None and value not in MEMBERSHIPS:
+                raise MatrixError(400, Codes.INVALID_PARAM,
+                                  f"{param} must be one of {', '.join(MEMBERSHIPS)}")
         chunk = await self.api.messages.get_members(
             ts, requester.user_id, request.match_info["room"],
             membership=request.query.get("membership"),

@@ -34,14 +34,24 @@ class _Base(Servlet):
         self.api = api
 
 
+def _filter_id(raw: str) -> int | None:
+    """A stored filter's ID, or None if ``raw`` cannot be one (filter IDs are
+    ours: ASCII digits, within a BIGINT; anything else names no filter)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value < 2**63 else None
+
+
 async def _load_filter(ts: TenantStores, user_id: str, raw: str | None) -> SyncFilter:
     if raw is None or raw == "":
         return SyncFilter()
     if raw.startswith("{"):
         return SyncFilter.from_json(parse_json_strict(raw.encode()))
-    if not raw.isdigit():
+    filter_id = _filter_id(raw)
+    if filter_id is None:
         raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid filter {raw!r}")
-    stored = await ts.s.filters.get_filter(ts.server_name, user_id, int(raw))
+    stored = await ts.s.filters.get_filter(ts.server_name, user_id, filter_id)
     if stored is None:
         raise MatrixError(400, Codes.INVALID_PARAM, f"Unknown filter {raw}")
     return SyncFilter.from_json(stored)
@@ -84,9 +94,9 @@ class GetFilterServlet(_Base):
     async def on_GET(self, request: web.Request) -> Result:
         requester, ts = await self.api.auth(request)
         _own_user(requester, request.match_info["user"])
-        raw = request.match_info["filter"]
+        filter_id = _filter_id(request.match_info["filter"])
         found = await ts.s.filters.get_filter(
-            ts.server_name, requester.user_id, int(raw)) if raw.isdigit() else None
+            ts.server_name, requester.user_id, filter_id) if filter_id is not None else None
         if found is None:
             raise MatrixError(404, Codes.NOT_FOUND, "No such filter")
         return 200, found
