@@ -85,6 +85,7 @@ async def nodes(tmp_path: Path, clock: FakeClock) -> AsyncIterator[NodeFactory]:
         trusted: list[dict[str, Any]] | None = None,
         tls: bool = False,
         verify_certificates: bool = False,
+        ca_file: str | None = None,
         validity: str = "1h",
         old_signing_keys: list[dict[str, Any]] | None = None,
         default_registrars: bool = False,
@@ -120,6 +121,7 @@ async def nodes(tmp_path: Path, clock: FakeClock) -> AsyncIterator[NodeFactory]:
             "federation": {
                 "verify_certificates": verify_certificates,
                 "trusted_key_servers": trusted or [],
+                **({"ca_file": ca_file} if ca_file is not None else {}),
             },
         }
         cfg = parse_config(raw, base_dir=str(d))
@@ -197,6 +199,25 @@ async def test_tls_fetch_and_certificate_verification(nodes: NodeFactory, clock:
     # A self-signed certificate is refused when verification is on.
     assert await strict.keys.keyring.get_verify_keys("b.test", ["ed25519:k1"], now) == {}
     assert b.counts["/_matrix/key/v2/server"] == 1
+
+
+async def test_ca_file_trusts_a_peers_self_signed_certificate(
+    nodes: NodeFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """``federation.ca_file`` on a node that verifies certificates: the peer's
+    self-signed certificate, listed there, is trusted; unlisted it is not."""
+    b = await nodes("b.test", tls=True)
+    other = await nodes("other.test", tls=True)
+    ca = str(tmp_path / "b.test" / "tls.crt")
+    trusting = await nodes("trusting.test", verify_certificates=True, ca_file=ca)
+    now = clock.time_ms()
+    assert set(await trusting.keys.keyring.get_verify_keys("b.test", ["ed25519:k1"], now)) == {
+        "ed25519:k1"
+    }
+    assert b.counts["/_matrix/key/v2/server"] == 1
+    # The CA file is the only addition: another self-signed peer is still refused.
+    assert await trusting.keys.keyring.get_verify_keys("other.test", ["ed25519:k1"], now) == {}
+    assert other.counts["/_matrix/key/v2/server"] == 0
 
 
 async def test_concurrent_lookups_make_one_request(nodes: NodeFactory, clock: FakeClock) -> None:
