@@ -34,6 +34,9 @@ class Listener:
         self.user_id = user_id
         self.room_ids = set(room_ids)
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The timeout counts from when the request started listening, fixed
+        # now: the sleeper below may take its first step after the clock moved.
+        self._started = notifier.clock.monotonic()
 
     def matches(self, room_ids: set[str], user_ids: set[str]) -> bool:
         return bool(self.room_ids & room_ids) or self.user_id in user_ids
@@ -47,12 +50,21 @@ class Listener:
         return self._future.done()
 
     async def wait(self, timeout_ms: int) -> bool:
-        """Wait until woken (True) or ``timeout_ms`` of clock time passed (False)."""
+        """Wait until woken (True) or ``timeout_ms`` of clock time passed since
+        the listener was registered (False)."""
         if self._future.done():
             return True
         if timeout_ms <= 0:
             return False
-        sleeper = asyncio.ensure_future(self._notifier.clock.sleep(timeout_ms / 1000))
+        clock = self._notifier.clock
+        deadline = self._started + timeout_ms / 1000
+
+        async def until_deadline() -> None:
+            remaining = deadline - clock.monotonic()
+            if remaining > 0:
+                await clock.sleep(remaining)
+
+        sleeper = asyncio.ensure_future(until_deadline())
         try:
             await asyncio.wait({self._future, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -80,7 +80,16 @@ class RoomJoins:
             return False
         done = pending[0]
         self._waiting[key] += 1
-        timer = asyncio.ensure_future(clock.sleep(timeout_s))
+        # An absolute deadline, fixed now: the timer task's first step may
+        # come after the clock moved.
+        deadline = clock.monotonic() + timeout_s
+
+        async def until_deadline() -> None:
+            remaining = deadline - clock.monotonic()
+            if remaining > 0:
+                await clock.sleep(remaining)
+
+        timer = asyncio.ensure_future(until_deadline())
         try:
             await asyncio.wait({timer, done}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -74,9 +74,12 @@ async def test_initial_and_incremental(node: Node) -> None:
 
 async def _start_long_poll(node: Node, client: Client, since: str) -> asyncio.Task[Any]:
     before = node.hs.notifier.listener_count()
+    sleepers = node.clock.pending_sleepers()
     task = asyncio.create_task(
         client.ok("GET", "/sync", params={"since": since, "timeout": "30000"}))
-    await eventually(lambda: node.hs.notifier.listener_count() > before, "sync is waiting")
+    # Waiting, with its timeout on the clock: a test may move the clock now.
+    await eventually(lambda: node.hs.notifier.listener_count() > before
+                     and node.clock.pending_sleepers() > sleepers, "sync is waiting")
     assert not task.done()
     return task
 
