@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from storage.database import Database
 from storage.errors import DatabaseTooNew, MigrationFailed
 from storage.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
+from tests.conftest import _admin_connection, _with_database, postgres_server_url
 
 # A small history of test migrations. Each would fail if run twice (CREATE
 # TABLE without IF NOT EXISTS, INSERT into a primary key), so "applied once"
@@ -93,6 +97,133 @@ async def test_real_migrations_from_empty(empty_db: Database) -> None:
     assert [v for v, _ in await recorded(empty_db)] == expected
     await empty_db.execute("INSERT INTO node_info (key, value) VALUES ($1, $2)", "k", "v")
     assert await apply_migrations(empty_db) == []
+
+
+Schema = dict[str, list[tuple[str, str]]]
+
+# The from-empty schema per engine, built once per run: every upgrade case
+# compares against it.
+_FROM_EMPTY: dict[str, Schema] = {}
+
+REAL_VERSIONS = [m.version for m in discover_migrations()]
+
+
+async def _admin(statement: str) -> None:
+    admin = await _admin_connection()
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+def shared_postgres_database() -> Iterator[str]:
+    """One PostgreSQL database for the upgrade cases, each in its own schema.
+
+    CREATE/DROP DATABASE costs seconds on a loaded machine; a schema per case
+    isolates as well for a fraction of it.
+    """
+    dbname = f"concord_test_{secrets.token_hex(8)}"
+    asyncio.run(_admin(f'CREATE DATABASE "{dbname}"'))
+    try:
+        yield _with_database(postgres_server_url(), dbname)
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+
+
+@asynccontextmanager
+async def isolated_db(engine: str, tmp_path: Path, shared_pg: str) -> AsyncIterator[Database]:
+    """An empty database: a fresh SQLite file, or a fresh schema in ``shared_pg``."""
+    if engine == "sqlite":
+        db = await Database.open(f"sqlite://{tmp_path / f'{secrets.token_hex(4)}.db'}")
+        try:
+            yield db
+        finally:
+            await db.close()
+        return
+    schema = f"upgrade_{secrets.token_hex(6)}"
+    setup = await Database.open(shared_pg)
+    try:
+        await setup.execute(f"CREATE SCHEMA {schema}")
+        # asyncpg passes unknown URL parameters on as server settings; without
+        # waiting for each commit to reach the disk, the cases run faster.
+        db = await Database.open(f"{shared_pg}?search_path={schema}&synchronous_commit=off")
+        try:
+            yield db
+        finally:
+            await db.close()
+    finally:
+        await setup.execute(f"DROP SCHEMA {schema} CASCADE")
+        await setup.close()
+
+
+async def schema_of(db: Database) -> Schema:
+    """Tables with their (column, declared type), as the engine reports them."""
+    tables: Schema = {}
+    if db.engine == "sqlite":
+        names = [
+            r[0]
+            for r in await db.fetch(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        for name in names:
+            rows = await db.fetch(f"SELECT name, type FROM pragma_table_info('{name}')")
+            tables[name] = sorted((r[0], r[1]) for r in rows)
+        return tables
+    rows = await db.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() ORDER BY table_name, column_name"
+    )
+    for r in rows:
+        tables.setdefault(r[0], []).append((r[1], r[2]))
+    return tables
+
+
+async def from_empty_schema(engine: str, tmp_path: Path, shared_pg: str) -> Schema:
+    if engine not in _FROM_EMPTY:
+        async with isolated_db(engine, tmp_path, shared_pg) as db:
+            assert await apply_migrations(db) == REAL_VERSIONS
+            _FROM_EMPTY[engine] = await schema_of(db)
+    return _FROM_EMPTY[engine]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+@pytest.mark.parametrize("start", REAL_VERSIONS)
+async def test_real_upgrade_from_every_version(
+    tmp_path: Path, shared_postgres_database: str, engine: str, start: int
+) -> None:
+    """A database made by an older release upgrades to the same schema as a new one."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for migration in discover_migrations():
+        if migration.version <= start:
+            for path in migration.files.values():
+                shutil.copy(path, old / path.name)
+    expected = await from_empty_schema(engine, tmp_path, shared_postgres_database)
+
+    async with isolated_db(engine, tmp_path, shared_postgres_database) as db:
+        assert await apply_migrations(db, old) == [v for v in REAL_VERSIONS if v <= start]
+
+        # Rows an older release wrote must survive the later migrations.
+        await db.execute("INSERT INTO node_info (key, value) VALUES ($1, $2)", "old", str(start))
+        if start >= 4:
+            await db.execute(
+                "INSERT INTO users (tenant, user_id, created_ts) VALUES ($1, $2, $3)",
+                "example.org",
+                "@old:example.org",
+                1,
+            )
+
+        assert await apply_migrations(db) == [v for v in REAL_VERSIONS if v > start]
+        assert [v for v, _ in await recorded(db)] == REAL_VERSIONS
+        assert await db.fetchval("SELECT value FROM node_info WHERE key = 'old'") == str(start)
+        if start >= 4:
+            assert await db.fetchval("SELECT COUNT(*) FROM users") == 1
+        schema = await schema_of(db)
+        assert "schema_migrations" in schema and "node_info" in schema
+        assert schema == expected
 
 
 async def test_history_from_empty(empty_db: Database, tmp_path: Path) -> None:
