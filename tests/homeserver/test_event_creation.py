@@ -98,3 +98,38 @@ async def test_prev_events_capped_and_depth(database: Database) -> None:
     assert set(await events.get_forward_extremities(TENANT, room_id)) == {
         ev.event_id, sent[0].event_id, sent[1].event_id,
     }
+
+
+class FailingOutbox:
+    """An outbox whose write fails: the last write of ``create_event``'s transaction."""
+
+    async def write_event_txn(self, txn: object, tenant: str, event: object) -> None:
+        raise RuntimeError("outbox unavailable")
+
+
+async def test_failed_write_after_persist_changes_nothing(database: Database) -> None:
+    """Persisting, extremities, current state and the outbox are one transaction:
+    a failure in the last write leaves none of the others behind."""
+    key = generate_signing_key("k1")
+    handler, events = make_handler(database, {TENANT: key})
+    room_id = await handler.create_room(TENANT, ALICE, ROOM_V11)
+    count = await database.fetchval("SELECT COUNT(*) FROM events")
+    extremities = await events.get_forward_extremities(TENANT, room_id)
+    state = await events.state.get_current_state(TENANT, room_id)
+    failing = EventCreationHandler(database, events, FakeClock(), {TENANT: key}.__getitem__,
+                                   outbox=FailingOutbox())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="outbox unavailable"):
+        # A state event: it would move the current state too.
+        await failing.create_event(TENANT, room_id, event_type="m.room.topic", sender=ALICE,
+                                   state_key="", content={"topic": "lost"})
+    assert await database.fetchval("SELECT COUNT(*) FROM events") == count
+    assert await events.get_forward_extremities(TENANT, room_id) == extremities
+    assert await events.state.get_current_state(TENANT, room_id) == state
+    # Fresh stores (no cache) read the same from the database.
+    fresh = EventStore(database, StateStore(database))
+    assert await fresh.get_forward_extremities(TENANT, room_id) == extremities
+    assert await fresh.state.get_current_state(TENANT, room_id) == state
+    # And the handler still works afterwards.
+    ok = await handler.create_event(TENANT, room_id, event_type="m.room.topic", sender=ALICE,
+                                    state_key="", content={"topic": "kept"})
+    assert (await events.state.get_current_state(TENANT, room_id))[("m.room.topic", "")] == ok.event_id
