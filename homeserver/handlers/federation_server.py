@@ -40,11 +40,13 @@ from homeserver.discovery.directory import PublishedDirectory
 from homeserver.handlers.event_creation import MAX_PREV_EVENTS
 from homeserver.handlers.event_receipt import EventReceiptHandler, Outcome
 from homeserver.handlers.missing_events import _check_own_auth, _own_auth_ids
+from homeserver.handlers.profile import default_displayname
 from homeserver.handlers.room_acl import RoomServerAcls
 from homeserver.handlers.server_visibility import ServerVisibility, server_of
 from storage.database import Database
 from storage.stores.events import EventStore, NewEvent
 from storage.stores.federation_inbound import FederationInboundStore
+from storage.stores.users import UserStore
 
 __all__ = ["FederationServer", "sign_event_as"]
 
@@ -621,7 +623,13 @@ class FederationServer:
             tenant, user_id
         )
         if profile is None:
-            raise MatrixError(404, Codes.NOT_FOUND, "Profile was not found")
+            # As the client API answers (ProfileHandler.get_profile): a user
+            # who never set a profile has the default displayname, their
+            # localpart; only a user who does not exist has no profile.
+            if await UserStore(self._db, tenant).get_user(user_id) is None:
+                raise MatrixError(404, Codes.NOT_FOUND, "Profile was not found")
+            default = {"displayname": default_displayname(user_id)}
+            return default if field in (None, "displayname") else {}
         out: dict[str, Any] = {}
         for name in ("displayname", "avatar_url"):
             value = getattr(profile, name, None)
