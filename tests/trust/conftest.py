@@ -24,16 +24,19 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def nodes(tmp_path: Path, clock: FakeClock) -> AsyncIterator[StartFn]:
-    """``await nodes("a.test", trusted=[...], **extra_config)``: start a node;
+    """``await nodes("a.test", trusted=[...], database_url=None, **extra_config)``:
+    start a node (on SQLite in its directory unless ``database_url`` is given);
     every node started is linked to every other."""
     started: list[Node] = []
 
-    async def start(name: str, *, trusted: list[str] | None = None, **extra: Any) -> Node:
+    async def start(name: str, *, trusted: list[str] | None = None,
+                    database_url: str | None = None, **extra: Any) -> Node:
         fed = {"verify_certificates": True, "trusted_key_servers": []}
         fed.update(extra.pop("federation", {}))
         if trusted is not None:
             fed["trusted_servers"] = trusted
-        node = await start_node(tmp_path / name, name, clock, extra={"federation": fed, **extra})
+        node = await start_node(tmp_path / name, name, clock, database_url,
+                                extra={"federation": fed, **extra})
         started.append(node)
         link(started)
         return node

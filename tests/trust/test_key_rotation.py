@@ -57,8 +57,8 @@ async def key_response(node: Node) -> dict[str, Any]:
 
 
 async def test_keys_commands_on_a_running_node(nodes: StartFn, tmp_path: Path,
-                                               clock: FakeClock) -> None:
-    a = await nodes("a.test")
+                                               clock: FakeClock, database_url: str) -> None:
+    a = await nodes("a.test", database_url=database_url)
     config = config_file(a, tmp_path)
     first = key_id_of(a.hs.keys.signing_keys("a.test")[0])  # type: ignore[union-attr]
 

@@ -141,8 +141,9 @@ async def test_admin_api_changes_the_domain_at_run_time(nodes: StartFn, scope: s
     await c.hs.keys.client.get_json("a.test", "/_matrix/federation/v1/version")  # type: ignore[union-attr]
 
 
-async def test_admin_override_survives_a_restart(nodes: StartFn, tmp_path: Path) -> None:
-    a = await nodes("a.test", trusted=["b.test"])
+async def test_admin_override_survives_a_restart(nodes: StartFn, tmp_path: Path,
+                                                 database_url: str) -> None:
+    a = await nodes("a.test", trusted=["b.test"], database_url=database_url)
     assert a.hs.trust is not None
     await a.hs.trust.set_override("", ["c.test"])
     config = a.hs.config
