@@ -14,7 +14,7 @@ from unpaddedbase64 import decode_base64
 from federation.clock import FakeClock
 from federation.events import Event
 from federation.hashes import compute_event_id
-from federation.room_versions import ROOM_V11, RoomVersion, get_room_version
+from federation.room_versions import ROOM_V11, ROOM_V12, RoomVersion, get_room_version
 from federation.signing import add_hashes_and_signatures
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.event_receipt import EventReceiptHandler, MissingEventsError, Outcome
@@ -80,12 +80,14 @@ class RemoteServer:
         return add_hashes_and_signatures(pdu, self.rv, REMOTE, self.key)
 
 
-async def remote_room(database: Database) -> tuple[RemoteServer, EventStore, list[Event], str]:
-    """A v11 room made by the remote tenant on the same node (alice, then bob joined)."""
-    remote = RemoteServer(ROOM_V11)
+async def remote_room(
+    database: Database, rv: RoomVersion = ROOM_V11
+) -> tuple[RemoteServer, EventStore, list[Event], str]:
+    """A room made by the remote tenant on the same node (alice, then bob joined)."""
+    remote = RemoteServer(rv)
     events = EventStore(database, StateStore(database))
     creation = EventCreationHandler(database, events, remote.clock, {REMOTE: remote.key}.__getitem__)
-    room_id = await creation.create_room(REMOTE, ALICE, ROOM_V11)
+    room_id = await creation.create_room(REMOTE, ALICE, rv)
     await creation.create_event(REMOTE, room_id, event_type="m.room.member", sender=BOB,
                                 state_key=BOB, content={"membership": "join"})
     stream = await events.get_stream_events(REMOTE, 0, 100)
@@ -187,3 +189,91 @@ async def test_unknown_prev_or_auth_events_store_nothing(database: Database) -> 
                                   ROOM_V11, remote.keys)
     assert await database.fetchval(
         "SELECT COUNT(*) FROM events WHERE tenant = $1", LOCAL) == count
+
+
+async def test_v12_rejections_and_soft_failure(database: Database) -> None:
+    """v12: the create event is named by the room ID, not listed in auth_events."""
+    remote, events, made, room_id = await remote_room(database, ROOM_V12)
+    handler = EventReceiptHandler(database, events)
+    for ev in made:
+        got = await handler.receive_pdu(LOCAL, ev.pdu, ev.room_version, remote.keys)
+        assert got.outcome is Outcome.ACCEPTED
+    ids = {(e.type, e.state_key): e.event_id for e in made}
+    pl, jr = ids[("m.room.power_levels", "")], ids[("m.room.join_rules", "")]
+    alice_join, bob_join = ids[("m.room.member", ALICE)], ids[("m.room.member", BOB)]
+    head = made[-1]
+
+    # Step 4: not a member by her own auth events.
+    mallory = remote.event(type="m.room.message", room_id=room_id, sender="@mallory:remote.test",
+                           prev_events=[head.event_id], auth_events=[pl],
+                           depth=head.depth + 1, content={"body": "hi"})
+    got = await handler.receive_pdu(LOCAL, mallory, ROOM_V12, remote.keys)
+    assert got.outcome is Outcome.REJECTED and "not joined" in (got.reason or "")
+    # Listing the create event in auth_events is itself a rejection in v12.
+    listed = remote.event(type="m.room.message", room_id=room_id, sender=BOB,
+                          prev_events=[head.event_id], auth_events=[made[0].event_id, pl, bob_join],
+                          depth=head.depth + 1, content={"body": "create listed"})
+    got = await handler.receive_pdu(LOCAL, listed, ROOM_V12, remote.keys)
+    assert got.outcome is Outcome.REJECTED
+
+    # Alice bans bob; bob's message built before the ban: soft-failed.
+    ban = remote.event(type="m.room.member", room_id=room_id, sender=ALICE, state_key=BOB,
+                       prev_events=[head.event_id], auth_events=[pl, alice_join, bob_join],
+                       depth=head.depth + 1, content={"membership": "ban"})
+    ban_out = await handler.receive_pdu(LOCAL, ban, ROOM_V12, remote.keys)
+    assert ban_out.outcome is Outcome.ACCEPTED
+    evading = remote.event(type="m.room.message", room_id=room_id, sender=BOB,
+                           prev_events=[head.event_id], auth_events=[pl, bob_join],
+                           depth=head.depth + 1, content={"body": "ban evasion"})
+    got = await handler.receive_pdu(LOCAL, evading, ROOM_V12, remote.keys)
+    assert got.outcome is Outcome.SOFT_FAILED
+    assert await events.get_forward_extremities(LOCAL, room_id) == [ban_out.event_id]
+    current = await events.state.get_current_state(LOCAL, room_id)
+    assert current[("m.room.member", BOB)] == ban_out.event_id
+    assert jr in current.values()
+
+
+async def test_step5_rejection_by_state_resolved_across_prev_events(database: Database) -> None:
+    """The state before an event with two prev_events is their resolution: each
+    branch alone would allow bob's message, or would not, but the resolved
+    state (his later leave wins over his join) decides."""
+    remote, events, made, room_id = await remote_room(database)
+    handler = EventReceiptHandler(database, events)
+    for ev in made:
+        await handler.receive_pdu(LOCAL, ev.pdu, ev.room_version, remote.keys)
+    ids = {(e.type, e.state_key): e.event_id for e in made}
+    create, pl = ids[("m.room.create", "")], ids[("m.room.power_levels", "")]
+    alice_join, bob_join = ids[("m.room.member", ALICE)], ids[("m.room.member", BOB)]
+    head = made[-1]
+
+    remote.clock.advance(10)
+    chat = remote.event(type="m.room.message", room_id=room_id, sender=ALICE,
+                        prev_events=[head.event_id], auth_events=[create, pl, alice_join],
+                        depth=head.depth + 1, content={"body": "branch one"})
+    chat_out = await handler.receive_pdu(LOCAL, chat, ROOM_V11, remote.keys)
+    remote.clock.advance(10)
+    leave = remote.event(type="m.room.member", room_id=room_id, sender=BOB, state_key=BOB,
+                         prev_events=[head.event_id], auth_events=[create, pl, bob_join],
+                         depth=head.depth + 1, content={"membership": "leave"})
+    leave_out = await handler.receive_pdu(LOCAL, leave, ROOM_V11, remote.keys)
+    assert {chat_out.outcome, leave_out.outcome} == {Outcome.ACCEPTED}
+    remote.clock.advance(10)
+
+    def message(prevs: list[str], body: str) -> dict[str, Any]:
+        return remote.event(type="m.room.message", room_id=room_id, sender=BOB,
+                            prev_events=prevs, auth_events=[create, pl, bob_join],
+                            depth=head.depth + 2, content={"body": body})
+
+    # On the branch where bob is still joined alone it passes step 5 (and is
+    # only soft-failed, since the room's current state has his leave).
+    alone = await handler.receive_pdu(LOCAL, message([chat_out.event_id], "one branch"),
+                                      ROOM_V11, remote.keys)
+    assert alone.outcome is Outcome.SOFT_FAILED
+    # On both branches: the resolved state has bob's leave (same mainline
+    # position, later origin_server_ts): step 5 rejects it.
+    both = await handler.receive_pdu(
+        LOCAL, message([chat_out.event_id, leave_out.event_id], "both branches"),
+        ROOM_V11, remote.keys)
+    assert both.outcome is Outcome.REJECTED and "not joined" in (both.reason or "")
+    before = await events.get_state_before(LOCAL, both.event_id)
+    assert before is not None and before[("m.room.member", BOB)] == leave_out.event_id
