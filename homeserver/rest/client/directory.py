@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from federation.errors import Codes, MatrixError
+from homeserver.auth import access_token_from
 from homeserver.http.json import JsonDict, read_json_body
 from homeserver.http.servlet import Servlet
 from homeserver.http.tenant_routing import request_tenant
@@ -78,10 +80,22 @@ class PublicRoomsServlet(_Base):
     PATTERNS = client_patterns("/publicRooms")
 
     async def on_GET(self, request: web.Request) -> Result:
-        _, ts = await self.api.auth(request)
+        # Spec "GET /publicRooms" needs no access token. A token that is sent
+        # is still checked; without one the tenant comes from routing, and
+        # only its own directory is listed (asking another server for its
+        # directory over federation stays a user's privilege, as in Synapse).
+        server = request.query.get("server")
+        if access_token_from(request) is not None:
+            _, ts = await self.api.auth(request)
+        else:
+            tenant = request_tenant(request)
+            if server not in (None, "", tenant.server_name):
+                raise MatrixError(401, Codes.MISSING_TOKEN,
+                                  "Listing another server's public rooms needs an access token")
+            ts = await self.api.stores_for_tenant(tenant)
         limit = request.query.get("limit")
         return 200, await self.api.directory.public_rooms(
-            ts, server=request.query.get("server"),
+            ts, server=server,
             limit=None if limit is None else query_int(request, "limit", 0),
             since=request.query.get("since"), search_filter=None,
         )
