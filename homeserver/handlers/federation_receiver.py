@@ -41,7 +41,7 @@ from federation.hashes import compute_event_id
 from federation.keyring import Keyring
 from federation.room_versions import DEFAULT_ROOM_VERSION, RoomVersion, get_room_version
 from homeserver.handlers.event_receipt import Outcome, ReceiptOutcome
-from homeserver.handlers.missing_events import MissingEventsFetcher
+from homeserver.handlers.missing_events import MissingEventsFetcher, internal_pdu_error
 from homeserver.handlers.room_acl import RoomServerAcls
 from homeserver.handlers.room_joins import RoomJoins
 from homeserver.metrics import FederationMetrics
@@ -276,11 +276,26 @@ class TransactionHandler:
                 except MatrixError as e:
                     results[event_id] = self._refused(origin, event_id, e)
                     continue
+                except Exception:
+                    # One PDU's failure never fails the transaction (spec
+                    # "Transactions"); it is this PDU's error, logged in full.
+                    logger.exception("RX [%s] %s: unexpected error while verifying it",
+                                     origin, event_id)
+                    results[event_id] = self._refused(origin, event_id, internal_pdu_error())
+                    continue
                 if verified.redacted:
                     logger.info("RX [%s] %s: content hash mismatch; processing it redacted",
                                 origin, event_id)
                 events.append(verified.event)
-            outcomes = await self._fetcher.receive_batch_with_fetching(tenant, origin, events)
+            try:
+                outcomes: list[ReceiptOutcome | MatrixError] = (
+                    await self._fetcher.receive_batch_with_fetching(tenant, origin, events)
+                )
+            except Exception:
+                # receive_batch_with_fetching isolates each event; this is the
+                # last guard, so that a bug still answers per PDU, not with a 500.
+                logger.exception("RX [%s] PDUs of %s: unexpected error", origin, room_id)
+                outcomes = [internal_pdu_error() for _ in events]
         for event, outcome in zip(events, outcomes, strict=True):
             if isinstance(outcome, MatrixError):
                 results[event.event_id] = self._refused(origin, event.event_id, outcome)

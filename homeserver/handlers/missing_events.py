@@ -41,7 +41,7 @@ from federation.auth_rules import (
     check_auth_events_selection,
 )
 from federation.auth_rules.selection import create_event_id_for_room
-from federation.errors import MatrixError
+from federation.errors import Codes, MatrixError
 from federation.events import Event
 from federation.keyring import Keyring
 from federation.room_versions import RoomVersion
@@ -355,12 +355,26 @@ class MissingEventsFetcher:
         """
         done: list[ReceiptOutcome | MatrixError] = []
         if len(events) > 1:
-            done.extend(await self._receipt.receive_verified_batch(tenant, events))
+            try:
+                done.extend(await self._receipt.receive_verified_batch(tenant, events))
+            except Exception:
+                # A bug, not a verdict on the events: the batch's database
+                # transaction kept nothing, so each event takes the per-event
+                # path, where a failure is that event's alone.
+                logger.exception("RX [%s] batch of %d PDUs in %s failed; one by one",
+                                 origin, len(events), events[0].room_id)
+                done = []
         for ev in events[len(done):]:
             try:
                 done.append(await self.receive_with_fetching(tenant, origin, ev))
             except MatrixError as e:
                 done.append(e)
+            except Exception:
+                # Server-Server API "Transactions": one PDU's failure never
+                # fails the others; it becomes this PDU's error.
+                logger.exception("RX [%s] %s: unexpected error while processing it",
+                                 origin, ev.event_id)
+                done.append(internal_pdu_error())
         return done
 
     async def receive_with_fetching(
@@ -394,6 +408,11 @@ class MissingEventsFetcher:
                     await self.fill_gap_with_state(tenant, origin, event, e.missing)
                 else:
                     raise
+
+
+def internal_pdu_error() -> MatrixError:
+    """A PDU's result when processing it raised something unexpected (logged)."""
+    return MatrixError(500, Codes.UNKNOWN, "internal error while processing this PDU")
 
 
 def _str_list(value: object) -> bool:
