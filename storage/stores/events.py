@@ -15,6 +15,7 @@ one transaction and batched inserts.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 from canonicaljson import encode_canonical_json
 
 from federation.events import Event
-from federation.room_versions import get_room_version
+from federation.room_versions import RoomVersion, get_room_version
 from storage.engines import Row
 from storage.stores.state import (
     GroupPlan,
@@ -99,10 +100,50 @@ _EVENT_COLUMNS = (
 )
 
 
+class _ParsedJson:
+    """Parsed event JSON by its exact text, an LRU bounded by the text held.
+
+    Rows are read again and again (a large room's member events for every
+    join and every state request); parsing is the costly part. Keyed by the
+    text itself, an entry can never disagree with the row it stands for. The
+    parsed objects are shared: events are read-only (``Event.pdu`` is a
+    ``Mapping``), and whoever needs to change one copies it first.
+    """
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.chars = 0
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def loads(self, text: str) -> Any:
+        hit = self._items.get(text)
+        if hit is not None:
+            self._items.move_to_end(text)
+            return hit
+        value = json.loads(text)
+        if len(text) <= self.max_chars // 64:
+            self._items[text] = value
+            self.chars += len(text)
+            while self.chars > self.max_chars:
+                old, _ = self._items.popitem(last=False)
+                self.chars -= len(old)
+        return value
+
+
+#: Room versions by stored identifier (only supported ones get in).
+_ROOM_VERSIONS: dict[Any, RoomVersion] = {}
+
+#: About 4,000 events of 1 KiB: a large room's member events.
+_PARSED = _ParsedJson(4_000_000)
+
+
 def _stored(row: Row) -> StoredEvent:
-    rv = get_room_version(str(row["room_version"]))
+    rv_id = row["room_version"]
+    rv = _ROOM_VERSIONS.get(rv_id)
+    if rv is None:
+        rv = _ROOM_VERSIONS[rv_id] = get_room_version(str(rv_id))
     event = Event(
-        json.loads(row["json"]), str(row["event_id"]), rv, row["rejected_reason"]
+        _PARSED.loads(row["json"]), str(row["event_id"]), rv, row["rejected_reason"]
     )
     return StoredEvent(
         event=event,
