@@ -31,6 +31,8 @@ import aiohttp
 from signedjson.types import SigningKey
 from yarl import URL
 
+from federation.canonical_json import parse_json_strict
+from federation.errors import Codes, MatrixError
 from federation.transport.discovery import ResolvedServer, ServerDiscovery
 from federation.transport.wire import sign_request
 
@@ -287,17 +289,26 @@ class FederationClient:
                         destination, f"{method} {path} failed: {type(e).__name__}: {e}"
                     ) from None
         parsed: Any
-        try:
-            parsed = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-            if 200 <= status < 300:
-                raise FederationClientError(
-                    destination, f"{method} {path}: response is not JSON", transient=False
-                ) from None
         if not 200 <= status < 300:
+            # An error body is read for its errcode and message only, so
+            # plain JSON (or none) will do.
+            try:
+                parsed = json.loads(raw) if raw else None
+            except (ValueError, UnicodeDecodeError):
+                parsed = None
             raise FederationHttpError(destination, status, parsed)
-        return parsed
+        # Spec appendices "Canonical JSON": a success body feeds signature
+        # checks and stored events, so it is read as strictly as inbound
+        # requests are: duplicate keys, floats, out-of-range integers and deep
+        # nesting would let two servers see different content. The same
+        # answer would come back on a retry, hence not transient.
+        try:
+            return parse_json_strict(raw) if raw else None
+        except MatrixError as e:
+            what = "not JSON" if e.errcode == Codes.NOT_JSON.value else "not valid Matrix JSON"
+            raise FederationClientError(
+                destination, f"{method} {path}: response is {what}: {e.msg}", transient=False
+            ) from None
 
     async def _read_limited(self, destination: str, resp: aiohttp.ClientResponse) -> bytes:
         limit = self._max_response_size

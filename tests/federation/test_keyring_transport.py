@@ -143,3 +143,70 @@ def test_base_url_for() -> None:
     assert base_url_for("1.2.3.4") == "https://1.2.3.4:8448"
     assert base_url_for("[::1]") == "https://[::1]:8448"
     assert base_url_for("[::1]:99") == "https://[::1]:99"
+
+
+# A success body with the same key twice: a JSON parser that keeps the last
+# value and one that keeps the first would see different keys or events.
+DUPLICATE_KEY_BODIES = {
+    "/_matrix/key/v2/server": (
+        b'{"server_name": "peer.test", "verify_keys": {"ed25519:a": {"key": "AAAA"}},'
+        b' "verify_keys": {"ed25519:b": {"key": "BBBB"}}, "valid_until_ts": 1}'
+    ),
+    "/_matrix/federation/v1/event/$e": (
+        b'{"origin": "peer.test", "pdus": [{"type": "m.room.message",'
+        b' "content": {"body": "one", "body": "two"}}]}'
+    ),
+}
+
+
+@pytest.fixture
+async def lying_peer() -> AsyncIterator[str]:
+    async def duplicate(request: web.Request) -> web.Response:
+        return web.Response(
+            body=DUPLICATE_KEY_BODIES[request.path], content_type="application/json"
+        )
+
+    async def float_body(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"depth": 1.5}', content_type="application/json")
+
+    async def error_with_duplicates(request: web.Request) -> web.Response:
+        return web.Response(
+            body=b'{"errcode": "M_NOT_FOUND", "errcode": "M_NOT_FOUND", "error": "gone"}',
+            status=404,
+            content_type="application/json",
+        )
+
+    app = web.Application()
+    for path in DUPLICATE_KEY_BODIES:
+        app.router.add_get(path, duplicate)
+    app.router.add_get("/float", float_body)
+    app.router.add_get("/missing", error_with_duplicates)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("path", list(DUPLICATE_KEY_BODIES))
+async def test_success_body_with_duplicate_keys_is_refused(lying_peer: str, path: str) -> None:
+    session, client = await make_client(lying_peer)
+    async with session:
+        with pytest.raises(FederationClientError) as e:
+            await client.get_json("peer.test", path.replace("$", "%24"))
+    assert not e.value.transient
+    assert "not valid Matrix JSON" in e.value.reason
+    assert "duplicate" in e.value.reason
+
+
+async def test_success_body_is_parsed_strictly(lying_peer: str) -> None:
+    session, client = await make_client(lying_peer)
+    async with session:
+        with pytest.raises(FederationClientError, match="not valid Matrix JSON") as e:
+            await client.get_json("peer.test", "/float")
+        assert not e.value.transient
+        # Error bodies are only read for errcode and message.
+        with pytest.raises(FederationHttpError) as http:
+            await client.get_json("peer.test", "/missing")
+        assert (http.value.status, http.value.errcode) == (404, "M_NOT_FOUND")
