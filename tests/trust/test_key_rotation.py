@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from aiohttp import web
 
 from federation.clock import FakeClock
 from federation.room_versions import ROOM_V11
@@ -116,6 +117,51 @@ async def test_keys_commands_on_a_running_node(nodes: StartFn, tmp_path: Path,
     assert new not in body["verify_keys"] and new not in body["old_verify_keys"]
 
 
+class Gate:
+    """A loopback relay from one node to another that can hold requests:
+    while closed, what a sends to b waits (in flight, not failed)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.open = asyncio.Event()
+        self.open.set()
+        self.held = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+
+        async def relay(request: web.Request) -> web.Response:
+            if not self.open.is_set():
+                self.held += 1
+                await self.open.wait()
+            assert self._session is not None
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() not in ("host", "content-length")}
+            async with self._session.request(
+                request.method, self.target + request.path_qs, headers=headers,
+                data=await request.read(),
+            ) as resp:
+                return web.Response(status=resp.status, body=await resp.read(),
+                                    content_type=resp.content_type)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", relay)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def close(self) -> None:
+        self.open.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+
 async def test_rotation_in_the_middle_of_a_busy_room(nodes: StartFn, clock: FakeClock) -> None:
     a = await nodes("a.test")
     b = await nodes("b.test")
@@ -123,29 +169,63 @@ async def test_rotation_in_the_middle_of_a_busy_room(nodes: StartFn, clock: Fake
     await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
     await settle([a, b])
     old = key_id_of(a.hs.keys.signing_keys("a.test")[0])  # type: ignore[union-attr]
+    gate = Gate(a.hs.keys.client.destination_overrides["b.test"])  # type: ignore[union-attr]
+    await gate.start()
+    a.hs.keys.client.destination_overrides["b.test"] = gate.url  # type: ignore[union-attr]
 
     sent: list[tuple[str, str]] = []  # (event_id, signing key ID of a's events or "")
+    # The first chatter pauses after ``rotate_at`` iterations, signs one more
+    # event of a's with the old key, and waits until the rotation landed.
+    paused, resume, signed_old, rotated = (asyncio.Event() for _ in range(4))
+    rotate_at = 8
 
-    async def chatter(tag: str, n: int) -> None:
+    async def chatter(tag: str, n: int, pause_at: int | None = None) -> None:
         for i in range(n):
+            if i == pause_at:
+                paused.set()
+                await resume.wait()
             ea = await a.say("a.test", room, ALICE, f"{tag} a{i}")
             sent.append((ea.event_id, next(iter(ea.pdu["signatures"]["a.test"]))))
+            if i == pause_at:
+                # Signed with the old key, held at the gate until after the rotation.
+                signed_old.set()
+                await rotated.wait()
             eb = await b.say("b.test", room, BOB, f"{tag} b{i}")
             sent.append((eb.event_id, ""))
             await asyncio.sleep(0)
 
-    busy = asyncio.ensure_future(chatter("before", 15))
-    await asyncio.sleep(0.05)
-    rotation = await rotate_signing_key(
-        a.hs.database, "a.test", a.hs.config.signing_key_path,
-        now_ms=clock.time_ms(), overlap_ms=3_600_000,
-    )
-    await a.hs.keys.refresh_local()  # type: ignore[union-attr]  (what SIGHUP / the poll do)
-    await busy
+    async def rotate_mid_stream() -> tuple[Any, str]:
+        await asyncio.wait_for(paused.wait(), 30)
+        gate.open.clear()  # from here a's deliveries to b wait at the gate
+        resume.set()
+        await asyncio.wait_for(signed_old.wait(), 30)
+        held_back, key = sent[-1]
+        assert key == old
+        rotation = await rotate_signing_key(
+            a.hs.database, "a.test", a.hs.config.signing_key_path,
+            now_ms=clock.time_ms(), overlap_ms=3_600_000,
+        )
+        # What SIGHUP / the periodic poll do.
+        await a.hs.keys.refresh_local()  # type: ignore[union-attr]
+        assert key_id_of(a.hs.keys.signing_keys("a.test")[0]) == rotation.new_key_id  # type: ignore[union-attr]
+        # The last old-key event has not reached b: it is delivered after the rotation.
+        assert await b.events.get_event("b.test", held_back) is None
+        return rotation, held_back
+
+    busy = asyncio.ensure_future(chatter("before", 15, pause_at=rotate_at))
+    try:
+        rotation, held_back = await rotate_mid_stream()
+    finally:
+        rotated.set()
+        gate.open.set()
+        await busy
     await chatter("after", 15)
     await settle([a, b])
+    await gate.close()
+    assert await b.events.get_event("b.test", held_back) is not None
 
     new = rotation.new_key_id
+
     a_keys = [k for _, k in sent if k]
     assert a_keys[0] == old and a_keys[-1] == new
     # Once rotated, never the old key again.
