@@ -244,8 +244,14 @@ def required_signers(pdu: Mapping[str, Any], rv: RoomVersion) -> set[str]:
       sender's behalf (server-server-api.md "Validating hashes and signatures
       on received events"). For those the set can be empty; :func:`verify_pdu`
       then still demands one valid signature from some known server.
-    * For a join carrying ``join_authorised_via_users_server`` (restricted
-      rooms), also the server of that user.
+    * For a membership event carrying ``join_authorised_via_users_server``
+      (room versions with restricted rooms), also the server of that user,
+      whatever the membership: auth rule 4.2.1 (v12: 5.2.1) applies to every
+      ``m.room.member`` event with the key ("not validly signed by the
+      homeserver of the user ID denoted by the key, reject"), not only to
+      joins. Synapse verifies it for joins only and checks mere presence
+      otherwise; a leave or invite carrying a forged authoriser signature
+      would pass there and is refused here, as the spec says.
 
     The v10 ``origin`` field is not a signer: v3+ rooms only require the
     sender's server, and Synapse does not add its own signature to joins it
@@ -269,7 +275,6 @@ def _required_signers(pdu: Mapping[str, Any], rv: RoomVersion, sender: str) -> s
     if (
         rv.restricted_join_rule
         and isinstance(content, Mapping)
-        and content.get("membership") == "join"
         and "join_authorised_via_users_server" in content
     ):
         via = content["join_authorised_via_users_server"]

@@ -261,6 +261,28 @@ def test_restricted_join_needs_authorising_server(rv: RoomVersion) -> None:
     assert verify_pdu(both, rv, KEYS).redacted
 
 
+@pytest.mark.parametrize("rv", [ROOM_V10, ROOM_V11, ROOM_V12], ids=lambda rv: f"v{rv.identifier}")
+@pytest.mark.parametrize("membership", ["leave", "invite", "ban", "knock"])
+def test_authoriser_signature_needed_for_every_membership(rv: RoomVersion, membership: str) -> None:
+    """Auth rule 4.2.1 (v12 5.2.1) is not limited to joins: any member event
+    with join_authorised_via_users_server must be validly signed by that server."""
+    pdu = _restricted_join(rv, f"@alice:{ORIGIN}")
+    pdu["content"]["membership"] = membership
+    assert required_signers(pdu, rv) == {REMOTE, ORIGIN}
+    only_sender = add_hashes_and_signatures(pdu, rv, REMOTE, REMOTE_KEY)
+    err = _refusal(only_sender, rv)
+    assert (err.server_name, err.reason) == (ORIGIN, SignatureFailure.MISSING_SIGNATURE)
+    # A forged authoriser signature (present, but not by ORIGIN's key) is refused.
+    forged = copy.deepcopy(only_sender)
+    forged["signatures"][ORIGIN] = {
+        next(iter(KEYS[ORIGIN])): next(iter(forged["signatures"][REMOTE].values()))
+    }
+    err = _refusal(forged, rv)
+    assert (err.server_name, err.reason) == (ORIGIN, SignatureFailure.BAD_SIGNATURE)
+    both = add_hashes_and_signatures(only_sender, rv, ORIGIN, KEY)
+    assert verify_pdu(both, rv, KEYS).content_hash_ok
+
+
 def test_restricted_join_with_invalid_authoriser_is_a_format_error() -> None:
     with pytest.raises(EventFormatError):
         required_signers(_restricted_join(ROOM_V11, "not-a-user"), ROOM_V11)
