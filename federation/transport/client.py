@@ -2,10 +2,11 @@
 
 Spec: server-server API "Request Authentication" (every request X-Matrix
 signed over ``{method, uri, origin, destination, content}``), "Resolving
-server names" (here only the explicit-port and default-port cases; the
-``.well-known`` and SRV steps come later) and "Response Authentication"
-(TLS, checked per ``federation.verify_certificates`` through the
-``ssl.SSLContext`` given).
+server names" (through :mod:`federation.transport.discovery` when a
+``ServerDiscovery`` is given: IP literals and explicit ports, ``.well-known``
+delegation, SRV, port 8448; without one, an explicit port or 8448) and
+"Response Authentication" (TLS, checked per ``federation.verify_certificates``
+through the ``ssl.SSLContext`` given).
 
 The client sends JSON and reads JSON, with a timeout per request and a cap on
 the response size so a hostile peer cannot make us buffer gigabytes. Each
