@@ -1,9 +1,10 @@
 """Builds the inbound federation handlers and finds the tenant of a request.
 
 A node may host several server names (tenants); a request is for the tenant
-named by its X-Matrix ``destination``. Until tenant routing gives each tenant
-its own database, every tenant is served from the node's database; handlers
-are built once per database (the state store's caches are per database).
+named by its X-Matrix ``destination``. Each tenant is served from the
+database the tenant registry resolves for it (the node's for a shared
+tenant, its own for a dedicated one); handlers are built once per database
+(the state store's caches are per database).
 """
 
 from __future__ import annotations
@@ -97,11 +98,19 @@ class InboundContext:
         tenants: the node bears the load)."""
         self._limiters[kind].check(origin, what=f"federation {RATELIMITED[kind]} from {origin}")
 
-    def _database_for(self, tenant: str) -> Database:
-        return self._hs.database
+    async def _database_for(self, tenant: str) -> Database:
+        # The one resolver (homeserver/tenants.py): a dedicated tenant's rows
+        # live in its own database, never in the node's.
+        registry: Any = getattr(self._hs, "tenants", None)
+        t = registry.get(tenant) if registry is not None else None
+        if t is None:
+            db: Database = self._hs.database
+            return db
+        found: Database = await t.database()
+        return found
 
-    def handlers(self, tenant: str) -> InboundHandlers:
-        db = self._database_for(tenant)
+    async def handlers(self, tenant: str) -> InboundHandlers:
+        db = await self._database_for(tenant)
         found = self._by_db.get(id(db))
         if found is None:
             found = self._build(db)
@@ -195,9 +204,14 @@ class InboundContext:
         sender: Any = getattr(self._hs, "federation_sender", None)
         if sender is not None:
             # Joins/leaves accepted for other servers go on to the rest of the room.
-            from homeserver.federation_sender.node import accepted_event_hook
+            from homeserver.federation_sender.node import accepted_event_hook, new_server_hook
 
+            if hasattr(sender, "serve"):
+                # A dedicated tenant's outbox lives in its own database.
+                sender.serve(h.db)
             h.server.on_event_accepted.append(accepted_event_hook(sender, h.db, h.events))
+            # A server whose join reached us late gets what we sent meanwhile.
+            h.transactions.on_events.append(new_server_hook(sender, h.db, h.events))
 
         if notifier is not None:
             def wake(tenant: str, evs: Sequence[Event]) -> None:

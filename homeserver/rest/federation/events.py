@@ -32,7 +32,7 @@ class EventServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.get_event(tenant, origin, request.match_info["event_id"])
 
 
@@ -41,7 +41,7 @@ class StateServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.get_state(
             tenant, origin, request.match_info["room_id"], request.query.get("event_id")
         )
@@ -52,7 +52,7 @@ class StateIdsServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.get_state_ids(
             tenant, origin, request.match_info["room_id"], request.query.get("event_id")
         )
@@ -63,7 +63,7 @@ class EventAuthServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.get_event_auth(
             tenant, origin, request.match_info["room_id"], request.match_info["event_id"]
         )
@@ -81,7 +81,7 @@ class BackfillServlet(_Base):
             limit = int(raw_limit)
         except ValueError:
             raise MatrixError(400, Codes.INVALID_PARAM, "limit must be an integer") from None
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.backfill(
             tenant, origin, request.match_info["room_id"], request.query.getall("v", []), limit
         )
@@ -93,7 +93,7 @@ class GetMissingEventsServlet(_Base):
     async def on_POST(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
         body = await read_json_body(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.get_missing_events(
             tenant, origin, request.match_info["room_id"], body
         )

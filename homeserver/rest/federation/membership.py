@@ -37,7 +37,7 @@ class MakeJoinServlet(_Base):
         # joins-v1.yaml: "If not provided, the room version is assumed to be
         # either '1' or '2'."
         versions = request.query.getall("ver", []) or ["1"]
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.make_membership(
             tenant, origin, request.match_info["room_id"], request.match_info["user_id"],
             "join", versions,
@@ -49,7 +49,7 @@ class MakeLeaveServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.make_membership(
             tenant, origin, request.match_info["room_id"], request.match_info["user_id"],
             "leave", None,
@@ -62,7 +62,7 @@ class SendJoinServlet(_Base):
     async def on_PUT(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
         pdu = await read_json_body(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.send_join(
             tenant, origin, request.match_info["room_id"], request.match_info["event_id"], pdu
         )
@@ -74,7 +74,7 @@ class SendLeaveServlet(_Base):
     async def on_PUT(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
         pdu = await read_json_body(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.send_leave(
             tenant, origin, request.match_info["room_id"], request.match_info["event_id"], pdu
         )
@@ -86,7 +86,7 @@ class InviteServlet(_Base):
     async def on_PUT(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
         body = await read_json_body(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.on_invite_request(
             tenant, origin, request.match_info["room_id"], request.match_info["event_id"], body
         )

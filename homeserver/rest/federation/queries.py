@@ -33,7 +33,7 @@ class QueryDirectoryServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, origin = self._who(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.query_directory(
             tenant, request.query.get("room_alias"), origin
         )
@@ -44,7 +44,7 @@ class QueryProfileServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, _ = self._who(request)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.query_profile(
             tenant, request.query.get("user_id"), request.query.get("field")
         )
@@ -71,7 +71,7 @@ class PublicRoomsServlet(_Base):
         q = request.query
         _networks(_bool_param(q.get("include_all_networks"), "include_all_networks"),
                   q.get("third_party_instance_id"))
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.public_rooms(
             tenant, limit=_limit(q.get("limit")), since=q.get("since"),
             third_party_instance_id=q.get("third_party_instance_id"),
@@ -104,7 +104,7 @@ class PublicRoomsServlet(_Base):
             raise MatrixError(400, Codes.INVALID_PARAM,
                               "third_party_instance_id must be a string")
         _networks(networks, instance)
-        server = self._ctx.handlers(tenant).server
+        server = (await self._ctx.handlers(tenant)).server
         return 200, await server.public_rooms(
             tenant, limit=_limit(body.get("limit")), since=since, search_term=term,
             room_types=room_types, third_party_instance_id=instance,

@@ -21,7 +21,7 @@ class SendTransactionServlet(Servlet):
         origin, tenant = self._ctx.origin(request), self._ctx.tenant(request)
         self._ctx.ratelimit("send", origin)
         body = await read_json_body(request)
-        handler = self._ctx.handlers(tenant).transactions
+        handler = (await self._ctx.handlers(tenant)).transactions
         return 200, await handler.on_send(tenant, origin, request.match_info["txn_id"], body)
 
 
