@@ -7,17 +7,23 @@ DATA := data
 
 .PHONY: run test lint bench clean
 
+# The venv's bundled pip installs everything here; upgrading it first cost a
+# network round trip and a reinstall on every fresh clone (`make run` must
+# answer /health within 15 s, docs/setup/installation.md).
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+
+# No version check (another index request) and never a prompt. Build isolation
+# stays: a fresh venv lacks the setuptools>=68 and wheel the build needs.
+PIP_INSTALL := $(PY) -m pip install --quiet --no-input --disable-pip-version-check
 
 # Reinstall when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 ## make run: install into .venv, generate ./data on first run, start a node on SQLite.
