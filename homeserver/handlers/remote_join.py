@@ -200,8 +200,18 @@ class RemoteJoiner:
         join_pdu: Mapping[str, Any] = signed
         returned = resp.get("event")
         # The resident may countersign (restricted joins): keep its copy if it
-        # is the same event.
+        # is the same event and passes the signature and hash checks, since a
+        # copy with other content keeps the event ID (server-server API
+        # "Joining Rooms", send_join response ``event``).
         if isinstance(returned, dict) and _event_id_or_none(returned, rv) == event_id:
+            try:
+                countersigned = await self._keyring.verify_pdu(returned, rv)
+            except MatrixError as e:
+                raise MatrixError(502, Codes.UNKNOWN, f"{server}: send_join returned our join "
+                                  f"with bad signatures: {e.msg}") from None
+            if countersigned.redacted:
+                raise MatrixError(502, Codes.UNKNOWN, f"{server}: send_join returned our join "
+                                  "with altered content")
             join_pdu = returned
         join = Event(dict(join_pdu), event_id, rv)
 

@@ -4,10 +4,15 @@ on SQLite, node B once per storage engine."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from yarl import URL
 
 from federation.clock import FakeClock
 from federation.errors import MatrixError
@@ -121,17 +126,12 @@ async def test_reject_invite_over_federation(two: tuple[Node, Node]) -> None:
     assert left is not None and left.event.membership == "leave"
 
 
-async def test_join_refuses_tampered_state_and_stores_nothing(
-    two: tuple[Node, Node],
-) -> None:
-    """A resident whose send_join answer carries a forged create event: the
-    join fails with a clear error and B stores nothing of the room."""
-    import aiohttp
-    from aiohttp import web
-    from yarl import URL
+TamperFn = Callable[[dict[str, Any]], None]
 
-    a, b = two
-    room = await a.create_room(ALICE, ROOM_V11)
+
+@asynccontextmanager
+async def send_join_tampered(a: Node, b: Node, tamper: TamperFn) -> AsyncIterator[None]:
+    """B reaches A through a proxy that alters A's send_join answers with ``tamper``."""
     upstream = a.hs.base_url("federation")
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -143,11 +143,7 @@ async def test_join_refuses_tampered_state_and_stores_nothing(
                 body = await resp.json()
                 status = resp.status
         if "/send_join/" in request.path and status == 200:
-            for pdu in body["state"] + body["auth_chain"]:
-                if pdu["type"] == "m.room.create":
-                    sigs = pdu["signatures"]["a.test"]
-                    key = next(iter(sigs))
-                    sigs[key] = "A" * 86
+            tamper(body)
         return web.json_response(body, status=status)
 
     app = web.Application()
@@ -159,11 +155,67 @@ async def test_join_refuses_tampered_state_and_stores_nothing(
     try:
         b.hs.keys.client.destination_overrides["a.test"] = (  # type: ignore[union-attr]
             f"http://127.0.0.1:{runner.addresses[0][1]}")
-        with pytest.raises(MatrixError) as e:
-            await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
-        assert "m.room.create" in e.value.msg
-        assert await b.events.state.get_room_version_id("b.test", room) is None
-        assert int(await b.hs.database.fetchval(
-            "SELECT COUNT(*) FROM events WHERE room_id = $1", room)) == 0
+        yield
     finally:
         await runner.cleanup()
+
+
+async def assert_nothing_stored(b: Node, room: str) -> None:
+    assert await b.events.state.get_room_version_id("b.test", room) is None
+    assert int(await b.hs.database.fetchval(
+        "SELECT COUNT(*) FROM events WHERE room_id = $1", room)) == 0
+
+
+async def test_join_refuses_tampered_state_and_stores_nothing(
+    two: tuple[Node, Node],
+) -> None:
+    """A resident whose send_join answer carries a forged create event: the
+    join fails with a clear error and B stores nothing of the room."""
+    a, b = two
+    room = await a.create_room(ALICE, ROOM_V11)
+
+    def forge_create(body: dict[str, Any]) -> None:
+        for pdu in body["state"] + body["auth_chain"]:
+            if pdu["type"] == "m.room.create":
+                sigs = pdu["signatures"]["a.test"]
+                sigs[next(iter(sigs))] = "A" * 86
+
+    async with send_join_tampered(a, b, forge_create):
+        with pytest.raises(MatrixError) as e:
+            await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
+    assert "m.room.create" in e.value.msg
+    await assert_nothing_stored(b, room)
+
+
+def forge_joiner_signature(body: dict[str, Any]) -> None:
+    # A required signature (the joining server's own, spec "Signing
+    # Events"); a resident's extra signature is only required for restricted
+    # joins (join_authorised_via_users_server).
+    sigs = body["event"]["signatures"]["b.test"]
+    sigs[next(iter(sigs))] = "A" * 86
+
+
+def alter_join_content(body: dict[str, Any]) -> None:
+    # Not in the redacted form, so the event ID stays the same.
+    body["event"]["content"]["displayname"] = "Mallory"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "says"),
+    [(forge_joiner_signature, "bad signatures"), (alter_join_content, "altered content")],
+    ids=["forged-signature", "altered-content"],
+)
+async def test_join_refuses_a_bad_countersigned_copy_of_our_join(
+    two: tuple[Node, Node], tamper: TamperFn, says: str
+) -> None:
+    """The resident's copy of our join in the send_join answer (same event
+    ID) is checked like any received event: a forged signature or altered
+    content fails the join and B stores nothing."""
+    a, b = two
+    room = await a.create_room(ALICE, ROOM_V11)
+    async with send_join_tampered(a, b, tamper):
+        with pytest.raises(MatrixError) as e:
+            await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"],
+                                             {"displayname": "Bob"})
+    assert e.value.code == 502 and says in e.value.msg, e.value.msg
+    await assert_nothing_stored(b, room)
