@@ -11,8 +11,9 @@ Who calls what (before writing anything):
 * ``await quotas.check_can_register(tenant)``: registration (this module's
   owner; the store also re-checks under a lock, so racing registrations
   cannot overshoot).
-* ``await quotas.check_can_create_room(tenant)``: ``POST /createRoom``, before
-  the room's first event is built.
+* ``await quotas.check_can_create_room(tenant, txn)``: ``POST /createRoom``,
+  inside the room's creation transaction under its ``rooms:<tenant>`` lock, so
+  racing creations cannot overshoot.
 * ``quotas.check_event_rate(tenant)``: every event a local user sends
   (``/send``, ``/state``, membership changes, redactions), once per event,
   before it is persisted. It takes one token from the tenant's bucket, so
@@ -27,6 +28,7 @@ from federation.clock import Clock
 from federation.errors import Codes, MatrixError
 from homeserver.ratelimit import Ratelimiter
 from homeserver.tenants import Tenant
+from storage.database import Transaction
 
 __all__ = ["QuotaEnforcer", "resource_limit_error"]
 
@@ -65,12 +67,15 @@ class QuotaEnforcer:
             f"{tenant.server_name} has reached its limit of {tenant.quotas.max_users} users",
         )
 
-    async def check_can_create_room(self, tenant: Tenant) -> None:
+    async def check_can_create_room(self, tenant: Tenant, txn: Transaction | None = None) -> None:
+        """Refuse a room over ``max_rooms``. With ``txn`` (the room creation's
+        own transaction, holding its ``rooms:<tenant>`` lock) the count and
+        the creation are one atomic step, so racing requests cannot overshoot."""
         limit = tenant.quotas.max_rooms
         if limit is None:
             return
         store = await tenant.user_store()
-        if await store.count_created_rooms() >= limit:
+        if await store.count_created_rooms(txn) >= limit:
             raise resource_limit_error(
                 tenant,
                 "max_rooms",

@@ -31,6 +31,7 @@ from homeserver.handlers.message import MessageHandler, check_event_type
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.handlers.remote_rooms import RemoteRooms
 from homeserver.handlers.room_access import check_user_id
+from storage.database import Transaction
 from storage.errors import UniqueViolation
 
 __all__ = ["PRESETS", "RoomCreationClientHandler"]
@@ -46,7 +47,9 @@ PRESETS = {
                     "guest_access": "forbidden", "invitees_admin": False},
 }
 
-RoomQuota = Callable[[str], Awaitable[None]]
+#: Refuses a room over the tenant's ``max_rooms``, counting inside the given
+#: transaction (which holds the tenant's ``rooms:`` lock).
+RoomQuota = Callable[[str, Transaction], Awaitable[None]]
 
 
 def _bad(msg: str) -> MatrixError:
@@ -137,8 +140,6 @@ class RoomCreationClientHandler:
                 raise _bad("initial_state entries need an object content")
             check_event_type(etype)
             state_events.append((etype, skey, dict(content)))
-        if self._check_can_create_room is not None:
-            await self._check_can_create_room(tenant)
 
         now = self._clock.time_ms()
         created: list[Event] = []
@@ -159,6 +160,11 @@ class RoomCreationClientHandler:
             for u in invitees
         }
         async with ts.db.transaction("create_room") as txn:
+            if self._check_can_create_room is not None:
+                # Count and create under one lock: concurrent createRooms
+                # cannot both see the last free slot.
+                await txn.lock(f"rooms:{tenant}")
+                await self._check_can_create_room(tenant, txn)
             room_id = await creation.create_room_start_txn(
                 txn, tenant, creator, rv, extra_content=creation_content
             )

@@ -170,11 +170,14 @@ class UserStore:
             )
         return True
 
-    async def count_created_rooms(self) -> int:
-        """Rooms whose create event one of this tenant's users sent."""
+    async def count_created_rooms(self, txn: Transaction | None = None) -> int:
+        """Rooms whose create event one of this tenant's users sent (inside
+        ``txn`` when given, so a caller holding a lock counts and creates
+        atomically)."""
         # Server names hold no LIKE wildcards (letters, digits, '-', '.', ':', '[]').
+        conn: Database | Transaction = txn if txn is not None else self._db
         return int(
-            await self._db.fetchval(
+            await conn.fetchval(
                 "SELECT COUNT(*) FROM events WHERE tenant = $1 AND type = 'm.room.create' "
                 "AND state_key = '' AND sender LIKE $2",
                 self.tenant,

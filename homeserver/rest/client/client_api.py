@@ -3,7 +3,7 @@
 ``client_api(hs)`` builds them on first use from the node's clock, config,
 tenants and notifier; federation plugs in through ``hs.remote_rooms`` (a
 :class:`~homeserver.handlers.remote_rooms.RemoteRooms`) and per-tenant
-quotas through ``hs.quotas`` (``check_can_create_room(tenant)``,
+quotas through ``hs.quotas`` (``check_can_create_room(tenant, txn)``,
 ``check_event_rate(tenant)``), both optional.
 """
 
@@ -31,7 +31,7 @@ from homeserver.handlers.sync import SyncHandler
 from homeserver.handlers.typing import TypingHandler
 from homeserver.notifier import Notifier
 from homeserver.tenants import Tenant
-from storage.database import Database
+from storage.database import Database, Transaction
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -145,21 +145,21 @@ class ClientAPI:
 
     # Optional collaborators owned by others
 
-    async def _quota(self, name: str, server_name: str) -> None:
+    async def _quota(self, name: str, server_name: str, *args: Any) -> None:
         quotas = getattr(self.hs, "quotas", None)
         fn = getattr(quotas, name, None)
         if fn is None:
             return
         tenant = self.hs.tenants.get(server_name)
-        result = fn(tenant)
+        result = fn(tenant, *args)
         if inspect.isawaitable(result):
             await result
 
     async def _check_event_rate(self, server_name: str) -> None:
         await self._quota("check_event_rate", server_name)
 
-    async def _check_can_create_room(self, server_name: str) -> None:
-        await self._quota("check_can_create_room", server_name)
+    async def _check_can_create_room(self, server_name: str, txn: Transaction) -> None:
+        await self._quota("check_can_create_room", server_name, txn)
 
     def _to_federation_sender(self, server_name: str, events: Iterable[Any]) -> None:
         sender = getattr(self.hs, "federation_sender", None)
