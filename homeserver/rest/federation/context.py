@@ -225,12 +225,24 @@ class InboundContext:
             h.server.on_invite.append(wake_one)
         typing: Any = getattr(self._hs, "typing", None)
         if typing is not None and hasattr(typing, "set_typing"):
+            async def is_joined(tenant: str, room_id: str, user_id: str) -> bool:
+                # Spec "Typing Notifications": only members of the room may type
+                # in it; like Synapse, a typing EDU for anyone else is dropped.
+                state = await h.events.state.get_current_state(tenant, room_id)
+                member = state.get(("m.room.member", user_id))
+                if member is None:
+                    return False
+                found = await h.events.get_events(tenant, [member])
+                ev = found.get(member)
+                return ev is not None and ev.content.get("membership") == "join"
+
             async def on_typing(tenant: str, origin: str, content: Any) -> None:
                 user_id = content.get("user_id")
                 room_id = content.get("room_id")
                 if (isinstance(user_id, str) and user_id.split(":", 1)[-1] == origin
                         and isinstance(room_id, str)
-                        and isinstance(content.get("typing"), bool)):
+                        and isinstance(content.get("typing"), bool)
+                        and await is_joined(tenant, room_id, user_id)):
                     typing.set_typing(tenant, room_id, user_id, content["typing"])
 
             h.transactions.register_edu_handler("m.typing", on_typing)
