@@ -135,6 +135,14 @@ async def start_federation_outbound(hs: Any) -> FederationSender:
         metrics=hs.metrics.federation,
     )
     sender.serve(hs.database)
+    registry: Any = getattr(hs, "tenants", None)
+    if registry is not None:
+        # A suspended tenant sends nothing; its rows wait for its resumption.
+        def suspended(origin: str) -> bool:
+            tenant = registry.get(origin)
+            return tenant is not None and not tenant.is_active
+
+        sender.origin_paused = suspended
     hs.federation_sender = sender
     hs.remote_rooms = router
     await sender.start()

@@ -104,7 +104,7 @@ class _Queue:
 
     def wake(self) -> None:
         self.woken = True
-        if self.task is None:
+        if self.task is None and not self.sender.origin_paused(self.origin):
             self.task = asyncio.ensure_future(self._run())
             self.sender._changed()
 
@@ -116,6 +116,10 @@ class _Queue:
         log_prefix = f"TX [{self.destination}]"
         try:
             while not self.sender._stopping:
+                if self.sender.origin_paused(self.origin):
+                    # Suspended: the rows stay queued; a sweep after resume
+                    # picks them up.
+                    return
                 self.woken = False
                 clock = self.sender.clock
                 state = await self.store.get_destination(self.destination)
@@ -349,6 +353,10 @@ class FederationSender:
         #: others; PDUs queued for them are dead-lettered ``untrusted`` unsent
         #: (the client's guard refuses them, see :func:`failure_reason`).
         self.destination_filter: Callable[[str, Collection[str]], set[str]] | None = None
+        #: Whether ``origin`` may not send now (a suspended tenant): its
+        #: queues stop without dead-lettering anything and start again on
+        #: the next sweep once it answers False.
+        self.origin_paused: Callable[[str], bool] = lambda origin: False
 
     def _store(self, db: Database) -> OutboxStore:
         store = self._stores.get(id(db))
