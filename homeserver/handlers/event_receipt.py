@@ -48,7 +48,7 @@ from federation.signing import verify_pdu
 from homeserver.handlers.room_state import state_after_events_txn, update_current_state_txn
 from storage.database import Database, Transaction
 from storage.stores.events import EventStore, NewEvent, StoredEvent
-from storage.stores.state import IN_LIST_CHUNK, StateMap, in_list
+from storage.stores.state import StateMap
 
 __all__ = ["EventReceiptHandler", "MissingEventsError", "Outcome", "ReceiptOutcome"]
 
@@ -156,11 +156,14 @@ class EventReceiptHandler:
         if rejected is None:
             rejected = await self._check_against_state(txn, tenant, event, before)
 
-        # Step 6: the current state, unless the event builds on all of it.
+        # Step 6: the current state, unless the event builds on exactly it.
         soft_failed = False
         if rejected is None and event.type != "m.room.create":
             extremities = await events.get_forward_extremities(tenant, room_id, txn=txn)
-            if set(extremities) - set(prev_ids):
+            # Only prev_events equal to the extremities make the state before
+            # the event the current state (Synapse: ``_check_for_soft_fail``);
+            # a superset that also names an older event can resolve otherwise.
+            if set(extremities) != set(prev_ids):
                 current = await events.state.get_current_state(tenant, room_id, txn=txn)
                 soft_failed = await self._check_against_state(
                     txn, tenant, event, current
@@ -286,14 +289,7 @@ class _Batch:
         self._stored = await store.get_stored_events(tenant, ids, txn=txn)
         # Events some stored, accepted event already builds on: persisting one
         # does not make it a forward extremity (``_update_extremities_txn``).
-        rows = await txn.fetch(
-            "SELECT DISTINCT g.prev_event_id FROM event_edges g "
-            "JOIN events e ON e.tenant = g.tenant AND e.event_id = g.event_id "
-            f"WHERE g.tenant = $1 AND g.prev_event_id IN ({in_list(ids, 2)}) "
-            "AND e.outlier = 0 AND e.soft_failed = 0 AND e.rejected_reason IS NULL",
-            tenant, *ids,
-        ) if len(ids) <= IN_LIST_CHUNK else [(i,) for i in ids]
-        self._followed = {str(r[0]) for r in rows}
+        self._followed = await store.get_ids_followed_by_accepted(tenant, ids, txn=txn)
         outcomes: list[ReceiptOutcome] = []
         for event in events:
             if await self._fast(event):
@@ -330,14 +326,14 @@ class _Batch:
             )
         if self._room_version is None or get_room_version(self._room_version) is not rv:
             return False
-        # Step 6 holds trivially only when the event builds on all the room's
-        # forward extremities.
+        # Step 6 holds trivially only when the event builds on exactly the
+        # room's forward extremities.
         prev = prev_ids[0]
         if self._extremities is None:
             self._extremities = await store.get_forward_extremities(
                 tenant, self._room_id, txn=txn
             )
-        if set(self._extremities) - {prev}:
+        if set(self._extremities) != {prev}:
             return False
         # Step 4.
         wanted = list(event.auth_event_ids)

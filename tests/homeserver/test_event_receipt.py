@@ -277,3 +277,42 @@ async def test_step5_rejection_by_state_resolved_across_prev_events(database: Da
     assert both.outcome is Outcome.REJECTED and "not joined" in (both.reason or "")
     before = await events.get_state_before(LOCAL, both.event_id)
     assert before is not None and before[("m.room.member", BOB)] == leave_out.event_id
+
+
+async def test_soft_fail_checked_when_prev_events_add_an_older_event(database: Database) -> None:
+    """Step 6 is skipped only when prev_events are exactly the forward
+    extremities. Naming every extremity plus an older event can resolve the
+    state before the event differently from the current state, so it must
+    still be checked (as Synapse's ``_check_for_soft_fail`` does)."""
+    remote, events, made, room_id = await remote_room(database)
+    handler = EventReceiptHandler(database, events)
+    for ev in made:
+        await handler.receive_pdu(LOCAL, ev.pdu, ev.room_version, remote.keys)
+    ids = {(e.type, e.state_key): e.event_id for e in made}
+    create, pl = ids[("m.room.create", "")], ids[("m.room.power_levels", "")]
+    bob_join = ids[("m.room.member", BOB)]
+    head = made[-1]
+    assert head.event_id == bob_join
+
+    # Bob leaves, with a timestamp before his join's: in a resolution between
+    # the two (neither a power event, same mainline position) the join sorts
+    # last and wins, while the room's current state has him left.
+    leave = remote.event(type="m.room.member", room_id=room_id, sender=BOB, state_key=BOB,
+                         prev_events=[bob_join], auth_events=[create, pl, bob_join],
+                         depth=head.depth + 1, content={"membership": "leave"},
+                         origin_server_ts=head.pdu["origin_server_ts"] - 1000)
+    leave_out = await handler.receive_pdu(LOCAL, leave, ROOM_V11, remote.keys)
+    assert leave_out.outcome is Outcome.ACCEPTED
+    assert await events.get_forward_extremities(LOCAL, room_id) == [leave_out.event_id]
+
+    msg = remote.event(type="m.room.message", room_id=room_id, sender=BOB,
+                       prev_events=[leave_out.event_id, bob_join],
+                       auth_events=[create, pl, bob_join],
+                       depth=head.depth + 2, content={"body": "back in by the older branch"})
+    got = await handler.receive_pdu(LOCAL, msg, ROOM_V11, remote.keys)
+    before = await events.get_state_before(LOCAL, got.event_id)
+    assert before is not None and before[("m.room.member", BOB)] == bob_join  # step 5 passes
+    assert got.outcome is Outcome.SOFT_FAILED
+    assert await events.get_forward_extremities(LOCAL, room_id) == [leave_out.event_id]
+    current = await events.state.get_current_state(LOCAL, room_id)
+    assert current[("m.room.member", BOB)] == leave_out.event_id
