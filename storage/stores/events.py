@@ -253,6 +253,27 @@ class EventStore:
         )
         return {str(r[0]) for r in rows}
 
+    async def get_ids_followed_by_accepted(
+        self, tenant: str, event_ids: Iterable[str], *, txn: Queryable | None = None
+    ) -> set[str]:
+        """Those of ``event_ids`` that a stored accepted event (not an outlier,
+        soft-failed or rejected) lists in its prev_events: such an event never
+        becomes a forward extremity again."""
+        ids = list(dict.fromkeys(event_ids))
+        conn = self._conn(txn)
+        followed: set[str] = set()
+        for part in chunks(ids):
+            rows = await conn.fetch(
+                "SELECT DISTINCT g.prev_event_id FROM event_edges g "
+                "JOIN events e ON e.tenant = g.tenant AND e.event_id = g.event_id "
+                f"WHERE g.tenant = $1 AND g.prev_event_id IN ({in_list(part, 2)}) "
+                "AND e.outlier = 0 AND e.soft_failed = 0 AND e.rejected_reason IS NULL",
+                tenant,
+                *part,
+            )
+            followed.update(str(r[0]) for r in rows)
+        return followed
+
     async def get_auth_chain_ids(
         self,
         tenant: str,
@@ -717,17 +738,7 @@ class EventStore:
                     *part,
                 )
             ids = [ev.event_id for ev in events]
-            followed: set[str] = set()
-            for part in chunks(ids):
-                rows = await txn.fetch(
-                    "SELECT DISTINCT g.prev_event_id FROM event_edges g "
-                    "JOIN events e ON e.tenant = g.tenant AND e.event_id = g.event_id "
-                    f"WHERE g.tenant = $1 AND g.prev_event_id IN ({in_list(part, 2)}) "
-                    "AND e.outlier = 0 AND e.soft_failed = 0 AND e.rejected_reason IS NULL",
-                    tenant,
-                    *part,
-                )
-                followed.update(str(r[0]) for r in rows)
+            followed = await self.get_ids_followed_by_accepted(tenant, ids, txn=txn)
             await txn.executemany(
                 "INSERT INTO event_forward_extremities (tenant, room_id, event_id) "
                 "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
