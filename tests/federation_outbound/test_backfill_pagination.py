@@ -242,3 +242,128 @@ async def test_late_events_take_their_place_in_history(pair_factory: Any) -> Non
     assert await negative_streams(p.b, room) == backfilled_before + 8
     assert await p.b.events.get_backward_extremities("b.test", room) == []
     assert ids(await page_all(p.bob, room, "b", 9)) == list(reversed(expected))
+
+
+async def on_branch(a: Node, room: str, prevs: list[str], body: str) -> Event:
+    """A message on A whose prev_events are exactly ``prevs`` (as if A's view
+    of the room ended there: how concurrent senders fork the graph)."""
+    ends = await a.events.get_forward_extremities("a.test", room)
+    async with a.hs.database.transaction("fork") as txn:
+        await a.events.set_forward_extremities_txn(txn, "a.test", room, prevs)
+    ev = await a.say("a.test", room, ALICE, body)
+    # The other open ends stay open, as when the senders' views merge.
+    async with a.hs.database.transaction("fork") as txn:
+        await a.events.set_forward_extremities_txn(
+            txn, "a.test", room, [e for e in ends if e not in prevs] + [ev.event_id])
+    return ev
+
+
+async def forked_room(a: Node, rv: RoomVersion) -> str:
+    """A room on A whose history forks, then merges, several ways:
+
+    * two long branches from one event, written interleaved (so stream
+      order zigzags between them), of different lengths, merged;
+    * a layer of 15 events on the same prev event (same depth, more than
+      the 10 prev_events an event may name), closed by messages that each
+      refer to up to 10 of the open ends until one is left;
+    * a second two-branch fork whose branches end at different depths.
+    """
+    room = await a.create_room(ALICE, rv)
+    root = await a.say("a.test", room, ALICE, "root")
+    left, right = root.event_id, root.event_id
+    for i in range(40):
+        left = (await on_branch(a, room, [left], f"left {i}")).event_id
+        if i < 25:
+            right = (await on_branch(a, room, [right], f"right {i}")).event_id
+    merge = await on_branch(a, room, [left, right], "merge")
+    for i in range(15):
+        await on_branch(a, room, [merge.event_id], f"wide {i}")
+    await close_forks(a, room, "closing")
+    tip = (await a.say("a.test", room, ALICE, "second fork")).event_id
+    up, down = tip, tip
+    for i in range(12):
+        up = (await on_branch(a, room, [up], f"up {i}")).event_id
+        if i % 2 == 0:
+            down = (await on_branch(a, room, [down], f"down {i}")).event_id
+    await on_branch(a, room, [up, down], "merged again")
+    # As Synapse under concurrent sends: layers of 5 events made at once on
+    # the same view (its 10 deepest open ends), 60 events in all.
+    for layer in range(12):
+        view = (await a.events.get_forward_extremities("a.test", room))[:10]
+        for i in range(5):
+            await on_branch(a, room, view, f"layer {layer}.{i}")
+    return room
+
+
+async def close_forks(a: Node, room: str, tag: str) -> None:
+    """Messages (each naming up to 10 open ends) until A's graph has one end."""
+    for i in range(20):
+        if len(await a.events.get_forward_extremities("a.test", room)) == 1:
+            return
+        await a.say("a.test", room, ALICE, f"{tag} {i}")
+    raise AssertionError("the forks never closed")
+
+
+def assert_history_order(backwards: list[dict[str, Any]], pdus: dict[str, Event]) -> None:
+    """Newest first, and never an event after (older than) one it refers to."""
+    position = {eid: n for n, eid in enumerate(ids(backwards))}
+    for eid, n in position.items():
+        for prev in pdus[eid].prev_event_ids:
+            assert position.get(prev, len(position)) > n, (eid, prev)
+    depths = [pdus[eid].depth for eid in ids(backwards)]
+    assert depths == sorted(depths, reverse=True)
+
+
+@pytest.mark.parametrize("join_history", [0, 30, 300])
+@pytest.mark.parametrize("page", [7, 25])
+async def test_paginate_back_through_a_forked_history(
+    pair_factory: Any, join_history: int, page: int
+) -> None:
+    """B's user pages back through every event of A's forked room exactly
+    once, each after the events it refers to, whether the join brought none,
+    part or all of the history."""
+    p: Pair = await pair_factory()
+    room = await forked_room(p.a, ROOM_V11)
+    await close_forks(p.a, room, "closing before the join")
+    await join_with_history_limit(p, room, join_history)
+    expected = await history_on_a(p.a, room)
+
+    backwards = await page_all(p.bob, room, "b", page)
+    got = ids(backwards)
+    assert len(got) == len(set(got))
+    assert set(got) - set(expected) == set()
+    missing = set(expected) - set(got)
+    assert not missing, sorted(e.content.get("body", e.type) for e in (await p.a.events.get_events("a.test", missing)).values())
+    assert_history_order(backwards, await p.a.events.get_events("a.test", got))
+    assert await p.b.events.get_backward_extremities("b.test", room) == []
+    forwards = await page_all(p.bob, room, "f", page)
+    assert ids(forwards) == list(reversed(got))
+
+
+async def test_open_ends_at_the_join_come_with_the_events_naming_them(
+    pair_factory: Any,
+) -> None:
+    """A join names at most 10 prev events: with more open ends in the room,
+    some of its newest events are not before the join, and no backfill from
+    it can find them. They reach B once A's later events name them (missing
+    events fetched on receipt), and take their place in B's history."""
+    p: Pair = await pair_factory()
+    room = await forked_room(p.a, ROOM_V11)
+    view = await p.a.events.get_forward_extremities("a.test", room)
+    for i in range(15):
+        await on_branch(p.a, room, view, f"open {i}")
+    open_ends = await p.a.events.get_forward_extremities("a.test", room)
+    assert len(open_ends) > 10
+    await join_with_history_limit(p, room, 30)
+    await close_forks(p.a, room, "closing after the join")
+    await settle([p.a, p.b])
+    expected = await history_on_a(p.a, room)
+
+    backwards = await page_all(p.bob, room, "b", 7)
+    got = ids(backwards)
+    assert len(got) == len(set(got))
+    missing = set(expected) - set(got)
+    assert not missing, sorted(e.content.get("body", e.type) for e in (
+        await p.a.events.get_events("a.test", missing)).values())
+    assert set(got) == set(expected)
+    assert_history_order(backwards, await p.a.events.get_events("a.test", got))

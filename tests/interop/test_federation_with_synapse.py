@@ -9,14 +9,18 @@ receiving side, never a sleep.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 
 from homeserver.server import HomeServer
+from storage.stores.events import EventStore
+from storage.stores.state import StateStore
 from tests.interop.concord import ConcordFactory
 from tests.interop.synapse import MatrixClient, SynapseClient, SynapseUser
 
@@ -250,11 +254,8 @@ BACKFILL_MESSAGES = 200
 
 
 async def send_many(client: MatrixClient, user: SynapseUser, room_id: str, n: int) -> list[str]:
-    """``n`` messages one after the other, so the history is one line of events.
-
-    (Sent concurrently, Synapse forks the graph; Concord then backfills only part
-    of it, see docs/development/interop.md.)
-    """
+    """``n`` messages one after the other, so the history is one line of events
+    (``send_forked`` sends them concurrently)."""
     return [await client.send_message(user, room_id, f"old {i}") for i in range(n)]
 
 
@@ -288,3 +289,78 @@ async def test_concord_backfills_200_messages_from_synapse(
 
     ours = message_ids(await concord.client.all_messages(carol, room_id))
     assert ours == sent
+
+
+FORK_BATCH = 20
+
+
+async def send_forked(
+    client: MatrixClient, user: SynapseUser, room_id: str, n: int
+) -> list[str]:
+    """``n`` messages in concurrent batches of ``FORK_BATCH``: Synapse creates
+    several at once on the same prev_events, so its graph forks (how wide
+    varies from run to run)."""
+    sent: list[str] = []
+    for start in range(0, n, FORK_BATCH):
+        sent += await asyncio.gather(*(
+            client.send_message(user, room_id, f"forked {i}")
+            for i in range(start, min(n, start + FORK_BATCH))
+        ))
+    return sent
+
+
+async def forward_extremities(
+    client: SynapseClient, admin: SynapseUser, room_id: str
+) -> list[str]:
+    """Synapse's forward extremities of the room (admin API)."""
+    result = await client.request(
+        "GET", f"/_synapse/admin/v1/rooms/{quote(room_id, safe='')}/forward_extremities",
+        user=admin,
+    )
+    return [e["event_id"] for e in result["results"]]
+
+
+async def close_forks(client: SynapseClient, admin: SynapseUser, room_id: str) -> list[str]:
+    """Messages one at a time until Synapse's graph has one forward extremity.
+
+    Synapse gives a new event at most 10 prev_events (its deepest forward
+    extremities), so after concurrent sends some branches may end in events
+    nothing refers to; a joining server cannot learn of those through its
+    join's ancestors (they reach it only when a later event refers to them).
+    Each message here refers to up to 10 of them, until one is left.
+    """
+    sent: list[str] = []
+    for i in range(60):
+        if len(await forward_extremities(client, admin, room_id)) <= 1:
+            return sent
+        sent.append(await client.send_message(admin, room_id, f"closing {i}"))
+    raise AssertionError("Synapse's forward extremities never came down to one")
+
+
+async def test_concord_backfills_a_forked_history_from_synapse(
+    synapse_client: SynapseClient, concord: Concord
+) -> None:
+    """Whatever the shape of Synapse's forks: a Concord user who joins and
+    pages back sees every message exactly once, each after its prev events."""
+    alice = await synapse_client.register(admin=True)
+    room_id = await synapse_client.create_room(alice, room_version="11")
+    sent = await send_forked(synapse_client, alice, room_id, BACKFILL_MESSAGES)
+    sent += await close_forks(synapse_client, alice, room_id)
+    carol = await concord.client.register_open()
+    await concord.client.join(carol, room_id, via=[synapse_client.server.server_name])
+
+    ours = message_ids(await concord.client.all_messages(carol, room_id))
+    assert len(ours) == len(set(ours))
+    missing = set(sent) - set(ours)
+    assert not missing, f"{len(missing)} of {len(sent)} messages never shown"
+    assert set(ours) == set(sent)
+    # History order: every event after the events it refers to (prev_events),
+    # so depths never decrease.
+    events = EventStore(concord.hs.database, StateStore(concord.hs.database))
+    stored = await events.get_events(concord.server_name, ours)
+    position = {eid: n for n, eid in enumerate(ours)}
+    depths = [stored[eid].depth for eid in ours]
+    assert depths == sorted(depths)
+    for eid in ours:
+        for prev in stored[eid].prev_event_ids:
+            assert position.get(prev, -1) < position[eid]
