@@ -11,7 +11,9 @@ is given and every remote-rooms call runs over the tenant's database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from federation.events import Event
@@ -25,7 +27,12 @@ from storage.database import Database
 from storage.stores.events import EventStore
 from storage.stores.state import StateStore
 
-__all__ = ["RemoteRoomsRouter", "start_federation_outbound"]
+__all__ = ["RemoteRoomsRouter", "new_server_hook", "start_federation_outbound"]
+
+logger = logging.getLogger(__name__)
+
+#: At most this many forward extremities go to a server that just joined.
+_MAX_CATCH_UP_EXTREMITIES = 20
 
 
 class RemoteRoomsRouter:
@@ -116,6 +123,61 @@ def accepted_event_hook(sender: FederationSender, db: Database, events: EventSto
         origin = event.sender.split(":", 1)[1] if ":" in event.sender else ""
         async with db.transaction("outbox_accepted_event") as txn:
             await writer.write_event_txn(txn, tenant, event, exclude=(origin,))
+
+    return hook
+
+
+def new_server_hook(
+    sender: FederationSender, db: Database, events: EventStore
+) -> Callable[[str, Sequence[Event]], None]:
+    """For the inbound ``TransactionHandler.on_events``: when a received join
+    brings a server into the room (its first joined member in our current
+    state), our forward extremities go to that server.
+
+    Why: we send each event to the servers in the room as we see it when we
+    create it (spec "Sending events"). A server whose join reached us late,
+    relayed by the resident that accepted it ("Joining Rooms"), misses the
+    events we created in between, and nobody else sends them: the resident
+    relays only the joins and leaves it accepts itself. Our extremities reach
+    it, and from them it fetches anything else it lacks
+    (``/get_missing_events``); an event it already holds is answered as such.
+    """
+    outbox = OutboxWriter(db, events, sender.clock).store
+    tasks: set[asyncio.Future[None]] = set()
+
+    async def catch_up(tenant: str, room_id: str, server: str) -> None:
+        async with db.transaction("outbox_new_server") as txn:
+            state = await events.state.get_current_state(tenant, room_id, txn=txn)
+            ids = [eid for (kind, key), eid in state.items()
+                   if kind == "m.room.member" and key.split(":", 1)[-1] == server]
+            loaded = await events.get_events(tenant, ids, txn=txn)
+            if sum(1 for e in loaded.values() if e.membership == "join") != 1:
+                return  # it was in the room already (or has left again)
+            extremities = await events.get_forward_extremities(tenant, room_id, txn=txn)
+            for eid in extremities[:_MAX_CATCH_UP_EXTREMITIES]:
+                await outbox.enqueue_pdu_txn(
+                    txn, tenant, {server}, eid, room_id, sender.clock.time_ms()
+                )
+        if extremities:
+            logger.debug("%s joined %s: sending it our %d extremities",
+                         server, room_id, len(extremities))
+            sender._on_enqueued(db, tenant, {server})
+
+    async def guarded(tenant: str, room_id: str, server: str) -> None:
+        try:
+            await catch_up(tenant, room_id, server)
+        except Exception:
+            logger.exception("sending extremities of %s to %s failed", room_id, server)
+
+    def hook(tenant: str, evs: Sequence[Event]) -> None:
+        for ev in evs:
+            if ev.type != "m.room.member" or ev.membership != "join" or not ev.state_key:
+                continue
+            server = ev.state_key.split(":", 1)[-1]
+            if server and server != tenant:
+                task = asyncio.ensure_future(guarded(tenant, ev.room_id, server))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
     return hook
 
