@@ -42,10 +42,18 @@ START_ATTEMPTS = 5
 ConcordFactory = Callable[..., Awaitable[HomeServer]]
 
 
-def node_config(d: Path, port: int, *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def node_config(
+    d: Path,
+    port: int,
+    *,
+    database_url: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Raw config of a node named ``127.0.0.1:port`` with a TLS federation listener.
 
-    Writes the node's signing key and self-signed certificate into ``d``.
+    Writes the node's signing key and self-signed certificate into ``d``. The
+    database is ``database_url`` (e.g. a throwaway PostgreSQL database), else
+    a SQLite file in ``d``.
     """
     d.mkdir(parents=True, exist_ok=True)
     key = generate_signing_key(secrets.token_hex(3))
@@ -57,7 +65,7 @@ def node_config(d: Path, port: int, *, extra: Mapping[str, Any] | None = None) -
         "server_name": f"127.0.0.1:{port}",
         "data_dir": str(d),
         "signing_key_path": str(d / "signing.key"),
-        "database": {"url": f"sqlite://{d / 'concord.db'}"},
+        "database": {"url": database_url or f"sqlite://{d / 'concord.db'}"},
         "listeners": [
             {
                 "type": "federation",
@@ -117,17 +125,19 @@ async def start_concord_node(
     d: Path,
     *,
     clock: Clock | None = None,
+    database_url: str | None = None,
     extra: Mapping[str, Any] | None = None,
     registrars: Mapping[ListenerType, Sequence[Registrar]] | None = None,
 ) -> HomeServer:
     """Start a node in ``d`` named ``127.0.0.1:PORT``; the caller stops it.
 
     Real time by default: Synapse checks ``valid_until_ts`` against its own
-    clock, so a fake one would make our keys look expired to it.
+    clock, so a fake one would make our keys look expired to it. The database
+    is ``database_url`` if given, else a SQLite file in ``d``.
     """
     last: StartupError | None = None
     for _ in range(START_ATTEMPTS):
-        cfg = parse_config(node_config(d, free_port(), extra=extra), base_dir=str(d))
+        cfg = parse_config(node_config(d, free_port(), database_url=database_url, extra=extra), base_dir=str(d))
         try:
             return await HomeServer.start(cfg, clock=clock or RealClock(), registrars=registrars)
         except StartupError as e:

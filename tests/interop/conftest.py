@@ -5,10 +5,16 @@ tests create their own users and rooms on it. It is installed on first use
 into a cached venv (see :mod:`tests.interop.synapse`); if that install fails,
 for instance because no package registry answers, the tests FAIL and say so.
 They are never skipped.
+
+``concord_nodes`` is parametrised over both of our storage engines for the
+federation scenarios (:data:`BOTH_ENGINE_MODULES`): each such test runs once
+with SQLite nodes and once with PostgreSQL nodes, each node in a throwaway
+database of its own. The other interop tests run on SQLite nodes.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,7 @@ from typing import Any
 import pytest
 
 from homeserver.server import HomeServer
+from tests.conftest import ENGINES, _admin_connection, _with_database, postgres_server_url
 from tests.interop.concord import ConcordFactory, start_concord_node
 from tests.interop.synapse import (
     SYNAPSE_VERSION,
@@ -72,12 +79,83 @@ async def synapse_client(synapse: SynapseServer) -> AsyncIterator[SynapseClient]
         yield client
 
 
+async def _create_postgres_database() -> str:
+    dbname = f"concord_test_{secrets.token_hex(8)}"
+    admin = await _admin_connection()
+    try:
+        await admin.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await admin.close()
+    return dbname
+
+
+async def _drop_postgres_database(dbname: str) -> None:
+    admin = await _admin_connection()
+    try:
+        # FORCE: a node that failed to stop may have left connections open.
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+#: Test modules whose Concord nodes run once per storage engine: the federation
+#: scenarios of the issue (joins, messages, invites, leave, backfill). The
+#: other interop modules check protocol details that do not depend on the
+#: engine and run on SQLite only, which keeps tests/interop within its time budget.
+BOTH_ENGINE_MODULES = frozenset({"tests.interop.test_federation_with_synapse"})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "concord_engine_url" in metafunc.fixturenames:
+        both = metafunc.module.__name__ in BOTH_ENGINE_MODULES
+        metafunc.parametrize(
+            "concord_engine_url", ENGINES if both else ["sqlite"], indirect=True
+        )
+
+
 @pytest.fixture
-async def concord_nodes(tmp_path: Path) -> AsyncIterator[ConcordFactory]:
-    """Start Concord nodes named ``127.0.0.1:PORT`` (TLS federation); all stopped after."""
+def concord_engine_url(request: pytest.FixtureRequest) -> str | None:
+    """``None`` for SQLite nodes, else the ``postgres_url`` database.
+
+    Parametrised by :func:`pytest_generate_tests`. A plain (not async)
+    fixture: ``getfixturevalue`` of the async ``postgres_url`` cannot run
+    inside a running event loop.
+    """
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def concord_nodes(
+    concord_engine_url: str | None, tmp_path: Path
+) -> AsyncIterator[ConcordFactory]:
+    """Start Concord nodes named ``127.0.0.1:PORT`` (TLS federation); all stopped after.
+
+    Runs the test once per storage engine (``concord_engine_url``). On
+    ``postgres`` the first node gets the ``postgres_url`` database and every
+    further node a throwaway database of its own, dropped after the test.
+    """
+    engine = "sqlite" if concord_engine_url is None else "postgres"
+    first_url = concord_engine_url
+    extra_databases: list[str] = []
     started: list[HomeServer] = []
 
+    async def database_url() -> str | None:
+        nonlocal first_url
+        if engine == "sqlite":
+            return None
+        if first_url is not None:
+            url, first_url = first_url, None
+            return url
+        dbname = await _create_postgres_database()
+        extra_databases.append(dbname)
+        return _with_database(postgres_server_url(), dbname)
+
     async def start(name: str = "concord", **kwargs: Any) -> HomeServer:
+        if "database_url" not in kwargs:
+            kwargs["database_url"] = await database_url()
         hs = await start_concord_node(tmp_path / name, **kwargs)
         started.append(hs)
         return hs
@@ -87,3 +165,5 @@ async def concord_nodes(tmp_path: Path) -> AsyncIterator[ConcordFactory]:
     finally:
         for hs in reversed(started):
             await hs.stop()
+        for dbname in extra_databases:
+            await _drop_postgres_database(dbname)
