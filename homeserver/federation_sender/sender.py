@@ -20,7 +20,9 @@ that failed ``DeliveryLimits.max_attempts`` times or whose oldest row is older
 than ``max_age_ms`` when an attempt fails, rows never sent that are that old,
 a transaction the peer refuses with a 4xx other than 429 (retrying the same
 ``txnId`` cannot change the answer), a PDU the peer answers an error for in a
-200 response, and a PDU whose event is no longer stored.
+200 response, and a PDU whose event is no longer stored (the rest of a
+transaction already in flight then goes out under a new ``txnId``: a
+receiver refuses one ``txnId`` with two bodies).
 
 Log lines start ``TX [destination]`` (Synapse's prefix) so one peer's
 history is one grep.
@@ -29,6 +31,7 @@ history is one grep.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Collection, Iterable
@@ -187,6 +190,16 @@ class _Queue:
             if not txn.pdus and not txn.edus:
                 await self.store.complete_transaction(self.origin, self.destination, txn.txn_id)
                 return
+            if txn.in_flight:
+                # The peer may hold this txnId with the old body; the rest goes
+                # out under a new one (one txnId, one body, always).
+                now = sender.clock.time_ms()
+                new_id = await self.store.reissue_transaction(
+                    self.origin, self.destination, txn.txn_id, now
+                )
+                logger.info("%s %s: the rest is sent again as %s", log_prefix, txn.txn_id,
+                            new_id)
+                txn = dataclasses.replace(txn, txn_id=new_id, origin_server_ts=now)
         logger.debug("%s sending %s (%d PDUs, %d EDUs, attempt %d) from %s", log_prefix,
                      txn.txn_id, len(txn.pdus), len(txn.edus), txn.attempts + 1, self.origin)
         if txn.attempts:
@@ -503,6 +516,12 @@ class FederationSender:
                     self._queue(store, o, destination).wake()
         except Exception:
             logger.exception("Could not serve the outbox of %s", origin)
+
+    def backing_off_towards(self, destination: str) -> bool:
+        """Whether a queue to ``destination`` is asleep in its backoff (so a
+        request from it must wake the queue, however recently it was seen)."""
+        return any(q.destination == destination and q.backoff_wake is not None
+                   for q in self._queues.values())
 
     async def on_peer_seen(self, destination: str) -> None:
         """``destination`` just reached us: it is up, so retry it now."""

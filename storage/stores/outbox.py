@@ -68,6 +68,9 @@ class OutboundTransaction:
     queued_ts: dict[str, int] = field(default_factory=dict)
     #: When the oldest row it carries was queued (``federation.max_delivery_age``).
     oldest_queued_ts: int = 0
+    #: Built by an earlier call (so it may have reached the peer, whatever we
+    #: recorded): its body must never change under this ``txn_id``.
+    in_flight: bool = False
 
     @property
     def body(self) -> dict[str, Any]:
@@ -207,7 +210,33 @@ class OutboxStore:
             [e for e in event_ids if e not in pdu_json],
             queued_ts={str(r[2]): int(r[5]) for r in rows if r[1] == "pdu"},
             oldest_queued_ts=min((int(r[5]) for r in rows), default=0),
+            in_flight=row is not None,
         )
+
+    async def reissue_transaction(
+        self, origin: str, destination: str, txn_id: str, now_ms: int
+    ) -> str:
+        """Move the rows left in ``txn_id`` to a new transaction ID and return it.
+
+        For a transaction in flight whose body changed (an event of it was
+        purged): the peer may hold ``txn_id`` with the old body already, and
+        the spec's idempotency is per ``txnId``, so a receiver refuses the
+        same ID with other content. Its attempts carry over.
+        """
+        async with self._db.transaction("federation_reissue_transaction") as txn:
+            await txn.lock(outbox_lock(origin))
+            new_id = await self._new_txn_id(txn, origin, destination, now_ms)
+            await txn.execute(
+                "UPDATE federation_outbox_transactions SET txn_id = $4, origin_server_ts = $5 "
+                "WHERE origin = $1 AND destination = $2 AND txn_id = $3",
+                origin, destination, txn_id, new_id, now_ms,
+            )
+            await txn.execute(
+                "UPDATE federation_outbox SET txn_id = $4 WHERE origin = $1 AND "
+                "destination = $2 AND txn_id = $3",
+                origin, destination, txn_id, new_id,
+            )
+        return new_id
 
     async def _new_txn_id(
         self, txn: Transaction, origin: str, destination: str, now_ms: int
