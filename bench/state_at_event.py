@@ -2,9 +2,11 @@
 
 Builds a room that ``--members`` users join one by one (each join a new state
 group), then reads the state after random events with a cold cache and a
-warm one, and prints the figures. Usage::
+warm one, and prints the figures. ``--messages N`` then adds N messages on
+top (``--messages 90000`` makes the issue's room of 10,000 members and
+100,000 events) and prints the database size before and after. Usage::
 
-    .venv/bin/python bench/state_at_event.py [--members 10000] [--database URL]
+    .venv/bin/python bench/state_at_event.py [--members 10000] [--messages 0] [--database URL]
 
 The default database is a fresh SQLite file in a temporary directory;
 ``--database`` must name an empty, throwaway database (the benchmark fills it).
@@ -34,6 +36,27 @@ TENANT = "bench.test"
 ROOM = "!bench:bench.test"
 
 
+def message_event(i: int, sender: int, prev: str) -> Event:
+    pdu: dict[str, Any] = {
+        "type": "m.room.message",
+        "room_id": ROOM,
+        "sender": f"@user{sender}:bench.test",
+        "content": {"msgtype": "m.text", "body": f"message {i}"},
+        "prev_events": [prev],
+        "auth_events": [],
+        "depth": i + 1,
+        "origin_server_ts": 1_700_000_000_000 + i,
+    }
+    return Event(pdu, f"$msg{i}", ROOM_V10)
+
+
+async def database_size(db: Database) -> int:
+    if db.engine == "sqlite":
+        pages = int(await db.fetchval("PRAGMA page_count"))
+        return pages * int(await db.fetchval("PRAGMA page_size"))
+    return int(await db.fetchval("SELECT pg_database_size(current_database())"))
+
+
 def member_event(i: int, prev: str | None) -> Event:
     user = f"@user{i}:bench.test"
     pdu: dict[str, Any] = {
@@ -50,7 +73,7 @@ def member_event(i: int, prev: str | None) -> Event:
     return Event(pdu, f"$ev{i}", ROOM_V10)
 
 
-async def run(url: str, members: int, reads: int) -> None:
+async def run(url: str, members: int, reads: int, messages: int) -> None:
     db = await Database.open(url)
     if not await apply_migrations(db):
         await db.close()
@@ -85,6 +108,26 @@ async def run(url: str, members: int, reads: int) -> None:
         elapsed = time.perf_counter() - started
         print(f"state after a random event, {label} cache: {elapsed / reads * 1000:.2f} ms/read "
               f"({reads} reads)")
+    if messages:
+        # Messages change no state: they share their room's last state group.
+        size = await database_size(db)
+        rng = random.Random(2)
+        prev = evs[-1].event_id
+        started = time.perf_counter()
+        for start in range(0, messages, 1000):
+            batch = []
+            for i in range(start, min(start + 1000, messages)):
+                ev = message_event(len(evs) + i, rng.randrange(1, members + 1), prev)
+                batch.append(NewEvent(ev))
+                prev = ev.event_id
+            async with db.transaction("bench_messages") as txn:
+                await store.persist_events_txn(txn, TENANT, batch)
+        elapsed = time.perf_counter() - started
+        total = len(evs) + messages
+        stats = await store.state.stats(TENANT, ROOM)
+        print(f"{messages} messages persisted in {elapsed:.1f} s; database "
+              f"{size / 1e6:.1f} MB with {len(evs)} events, {await database_size(db) / 1e6:.1f} MB "
+              f"with {total:,} events; state groups {stats.groups}, delta rows {stats.entries}")
     await db.close()
 
 
@@ -92,11 +135,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--reads", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=0,
+                        help="messages to add afterwards (90000: a room of 100,000 events)")
     parser.add_argument("--database", help="URL of an empty database (default: a temporary SQLite file)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database or f"sqlite://{tmp}/bench.db"
-        asyncio.run(run(url, args.members, args.reads))
+        asyncio.run(run(url, args.members, args.reads, args.messages))
 
 
 if __name__ == "__main__":
