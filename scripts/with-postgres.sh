@@ -6,7 +6,12 @@
 # Uses the server at 127.0.0.1:5432 when it answers (or the URL already in
 # CONCORD_TEST_POSTGRES_URL); otherwise starts a throwaway cluster in a temp
 # dir with initdb/pg_ctl and stops it afterwards. Never skips.
+# CONCORD_PG_PROBE_HOST / CONCORD_PG_PROBE_PORT change the address probed
+# (tests point it at a closed port to exercise the throwaway cluster).
 set -u
+
+probe_host=${CONCORD_PG_PROBE_HOST:-127.0.0.1}
+probe_port=${CONCORD_PG_PROBE_PORT:-5432}
 
 probe() {
     # $1 = host, $2 = port
@@ -21,15 +26,15 @@ if [ -n "${CONCORD_TEST_POSTGRES_URL:-}" ]; then
     exec "$@"
 fi
 
-if probe 127.0.0.1 5432; then
-    export CONCORD_TEST_POSTGRES_URL="postgresql://postgres@127.0.0.1:5432/postgres"
+if probe "$probe_host" "$probe_port"; then
+    export CONCORD_TEST_POSTGRES_URL="postgresql://postgres@$probe_host:$probe_port/postgres"
     exec "$@"
 fi
 
 INITDB=$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -n 1)
 PG_CTL=$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | tail -n 1)
 if [ -z "$INITDB" ] || [ -z "$PG_CTL" ]; then
-    echo "with-postgres: no PostgreSQL answers at 127.0.0.1:5432 and no initdb/pg_ctl is installed" >&2
+    echo "with-postgres: no PostgreSQL answers at $probe_host:$probe_port and no initdb/pg_ctl is installed" >&2
     exit 1
 fi
 
