@@ -37,13 +37,16 @@ def register(app: web.Application, hs: HomeServer) -> None:
 
     @web.middleware
     async def peer_seen(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        # Runs inside the X-Matrix middleware: an origin here is authenticated.
         try:
-            origin = authenticated_origin(request)
-        except RuntimeError:  # /_matrix/key/: not authenticated
-            return response
-        await ctx.peer_seen(origin)
-        return response
+            return await handler(request)
+        finally:
+            # Runs inside the X-Matrix middleware: an origin here is
+            # authenticated, and up, whatever we answered it (a 404 too).
+            try:
+                origin: str | None = authenticated_origin(request)
+            except RuntimeError:  # /_matrix/key/: not authenticated
+                origin = None
+            if origin is not None:
+                await ctx.peer_seen(origin)
 
     app.middlewares.append(peer_seen)

@@ -119,13 +119,17 @@ class InboundContext:
 
     async def peer_seen(self, origin: str) -> None:
         """An authenticated request from ``origin`` proves it is up: end the
-        backoff of our queue to it (at most every ``PEER_SEEN_INTERVAL_S``)."""
+        backoff of our queue to it. The database is written at most every
+        ``PEER_SEEN_INTERVAL_S`` per origin, except when a queue to it is
+        asleep in a backoff (that began after the last request, say)."""
         sender: Any = getattr(self._hs, "federation_sender", None)
         if sender is None or not hasattr(sender, "on_peer_seen"):
             return
         now = self._hs.clock.monotonic()
         last = self._seen.get(origin)
-        if last is not None and now - last < PEER_SEEN_INTERVAL_S:
+        asleep = getattr(sender, "backing_off_towards", None)
+        if (last is not None and now - last < PEER_SEEN_INTERVAL_S
+                and not (asleep is not None and asleep(origin))):
             return
         self._seen[origin] = now
         try:
