@@ -402,10 +402,11 @@ class Node:
     async def rotate_signing_key(self) -> str:
         """Replace the signing key with a new one and restart; returns its key ID.
 
-        Concord has no key-rotation command yet, so this writes a new key file
-        holding only the new key. At start-up the node retires the old key
-        (``local_signing_keys`` table) and keeps publishing it under
-        ``old_verify_keys``, so events it signed stay verifiable.
+        This writes a new key file holding only the new key, as an operator
+        replacing the file would (``homeserver keys rotate`` is the supported
+        way on a running node, docs/usage/key_rotation.md). At start-up the node
+        retires the old key (``local_signing_keys`` table) and keeps publishing
+        it under ``old_verify_keys``, so events it signed stay verifiable.
         """
         assert self.config is not None
         path = Path(self.config.signing_key_path)
