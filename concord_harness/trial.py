@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
@@ -62,10 +62,14 @@ class TreqClient:
     """A Matrix client user over treq; every method returns a Deferred."""
 
     def __init__(
-        self, pool: HTTPConnectionPool, base_url: str, user_id: str, access_token: str
+        self, pool: HTTPConnectionPool, base_url: str, user_id: str, access_token: str,
+        host: str | None = None,
     ) -> None:
         self._pool = pool
         self.base_url = base_url
+        #: The ``Host`` of every request: a node with several tenants routes
+        #: client requests by it.
+        self.host = host
         self.user_id = user_id
         self.access_token = access_token
         self._txn = itertools.count()
@@ -76,21 +80,22 @@ class TreqClient:
 
     @classmethod
     def register(
-        cls, pool: HTTPConnectionPool, base_url: str, localpart: str
+        cls, pool: HTTPConnectionPool, base_url: str, localpart: str, host: str | None = None
     ) -> Deferred[TreqClient]:
-        """Register with the ``m.login.dummy`` flow (client-server API "register")."""
+        """Register with the ``m.login.dummy`` flow (client-server API "register")
+        on the tenant named ``host`` (sent as the ``Host`` header)."""
 
         async def go() -> TreqClient:
             body: JsonDict = {"username": localpart, "password": secrets.token_urlsafe(12)}
             path = "/_matrix/client/v3/register"
             try:
-                data = await _call(pool, base_url, "POST", path, body, None, None)
+                data = await _call(pool, base_url, "POST", path, body, None, None, host)
             except MatrixTrialError as e:
                 if e.status != 401 or not isinstance(e.body, dict) or "session" not in e.body:
                     raise
                 body["auth"] = {"type": "m.login.dummy", "session": e.body["session"]}
-                data = await _call(pool, base_url, "POST", path, body, None, None)
-            return cls(pool, base_url, data["user_id"], data["access_token"])
+                data = await _call(pool, base_url, "POST", path, body, None, None, host)
+            return cls(pool, base_url, data["user_id"], data["access_token"], host)
 
         return ensureDeferred(go())
 
@@ -98,7 +103,8 @@ class TreqClient:
         self, method: str, path: str, body: Any = None, query: Any = None
     ) -> Deferred[Any]:
         return ensureDeferred(
-            _call(self._pool, self.base_url, method, path, body, query, self.access_token)
+            _call(self._pool, self.base_url, method, path, body, query, self.access_token,
+                  self.host)
         )
 
     def create_room(self, **body: Any) -> Deferred[str]:
@@ -186,8 +192,11 @@ async def _call(
     body: Any,
     query: Any,
     token: str | None,
+    host: str | None = None,
 ) -> Any:
     headers: dict[bytes | str, bytes | str] = {"Content-Type": "application/json"}
+    if host:
+        headers["Host"] = host
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
@@ -239,14 +248,22 @@ class FederationTestCase(unittest.TestCase):
     def federation_nodes(self) -> list[Node]:
         return self.fed.nodes
 
-    def register_user(self, node: Node, localpart: str) -> Deferred[TreqClient]:
-        """A new user on ``node``, also used by :meth:`converged` to read its view."""
+    def register_user(
+        self, node: Node, localpart: str, tenant: str | None = None
+    ) -> Deferred[TreqClient]:
+        """A new user ``@localpart:<tenant>`` (default: the node's own name) on
+        ``node``, also used by :meth:`converged` to read its view."""
+        host = tenant or node.server_name
+        if host not in node.tenants:
+            raise ValueError(f"{node.label} hosts {node.tenants}, not {tenant}")
 
         def remember(client: TreqClient) -> TreqClient:
             node.clients.append(client.as_asyncio())  # type: ignore[arg-type]
             return client
 
-        return TreqClient.register(self.pool, node.client_url, localpart).addCallback(remember)
+        return TreqClient.register(self.pool, node.client_url, localpart, host).addCallback(
+            remember
+        )
 
     def create_room(self, creator: TreqClient, *joiners: TreqClient, **body: Any) -> Deferred[str]:
         """A public room made by ``creator`` and joined by every ``joiner``."""
@@ -272,3 +289,22 @@ class FederationTestCase(unittest.TestCase):
 
     def kill(self, node: Node) -> Deferred[None]:
         return as_deferred(node.kill())
+
+    def partition(self, a: Server, b: Server) -> Deferred[None]:
+        """Cut both directions between ``a`` and ``b`` (``Federation.partition``)."""
+        self.fed.partition(a, b)
+        return succeed(None)
+
+    def heal(self, a: Server | None = None, b: Server | None = None) -> Deferred[None]:
+        """Every link back to normal, or only those between ``a`` and ``b``."""
+        self.fed.heal(a, b)
+        return succeed(None)
+
+    def rotate_signing_key(self, node: Node) -> Deferred[str]:
+        """A new signing key for ``node``; fires with its key ID."""
+        return as_deferred(node.rotate_signing_key())
+
+    def skew_clock(self, node: Node, seconds: float) -> Deferred[None]:
+        """``node``'s wall clock runs ``seconds`` fast (in-process nodes only)."""
+        node.skew_clock(seconds)
+        return succeed(None)
