@@ -133,3 +133,15 @@ async def test_per_tenant_override(nodes: StartFn) -> None:
     with pytest.raises(FederationHttpError) as e:
         await c.hs.keys.client.get_json("a.test", "/_matrix/federation/v1/version")  # type: ignore[union-attr]
     assert "of federation.trusted_servers" in e.value.body["error"]
+
+    # An X-Matrix header with no destination (older servers): the tenant the
+    # Host header routes to is the one whose domain applies.
+    header = 'X-Matrix origin="b.test",key="ed25519:x",sig="bm9uc2Vuc2U"'
+    url = a.hs.base_url("federation") + "/_matrix/federation/v1/query/profile?user_id=@x:t2.test"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, headers={"Authorization": header, "Host": "t2.test"}) as r:
+            assert r.status == 403
+            assert "tenants[t2.test].trusted_servers" in (await r.json())["error"]
+        # Routed to a.test, b is trusted: on to the X-Matrix check (bad signature).
+        async with s.get(url, headers={"Authorization": header, "Host": "a.test"}) as r:
+            assert r.status == 401
