@@ -246,3 +246,37 @@ async def test_rotation_in_the_middle_of_a_busy_room(nodes: StartFn, clock: Fake
         state = await OutboxStore(node.hs.database).get_destination(peer)
         assert state is None or state.failure_count == 0
         assert await node.hs.database.fetchval("SELECT COUNT(*) FROM federation_outbox") == 0
+
+
+async def test_rotating_a_tenants_key(nodes: StartFn, tmp_path: Path) -> None:
+    a = await nodes("a.test", tenants=[{"server_name": "t2.test"}])
+    config = config_file(a, tmp_path)
+    keys = a.hs.keys
+    assert keys is not None
+    node_key = key_id_of(keys.signing_keys("a.test")[0])
+    first = key_id_of(keys.signing_keys("t2.test")[0])
+
+    code, out, err = await cli("keys", "rotate", "--config", config, "--tenant", "t2.test")
+    assert code == 0, err
+    new = out.split("now signing with ", 1)[1].split(";", 1)[0]
+    assert new != first and f"{first} published as old until" in out
+    assert "t2.test" in await keys.refresh_local()
+    # The tenant signs with its new key; the node's own name is untouched.
+    assert key_id_of(keys.signing_keys("t2.test")[0]) == new
+    assert key_id_of(keys.signing_keys("a.test")[0]) == node_key
+    async with aiohttp.ClientSession() as s:
+        async with s.get(a.hs.base_url("federation") + "/_matrix/key/v2/server",
+                         headers={"Host": "t2.test"}) as r:
+            body = await r.json()
+    assert body["server_name"] == "t2.test"
+    assert list(body["verify_keys"]) == [new] and list(body["old_verify_keys"]) == [first]
+    assert list(body["signatures"]["t2.test"]) == [new]
+    assert (await key_response(a))["verify_keys"].keys() == {node_key}
+
+    code, out, err = await cli("keys", "list", "--config", config, "--tenant", "t2.test",
+                               "--json")
+    assert code == 0, err
+    assert {j["key_id"]: j["state"] for j in map(json.loads, out.splitlines())} == {
+        first: "old", new: "current"}
+    code, out, err = await cli("keys", "list", "--config", config, "--json")
+    assert {j["key_id"] for j in map(json.loads, out.splitlines())} == {node_key}
