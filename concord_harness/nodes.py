@@ -46,6 +46,7 @@ from concord_harness.clock import SkewableClock
 from federation.clock import RealClock
 from homeserver.cli.generate_config import build_config, write_self_signed_certificate
 from homeserver.config import HomeserverConfig, parse_config
+from homeserver.key_rotation import rotate_signing_key
 from homeserver.signing_key import generate_signing_key_file, key_id_of, read_signing_key_file
 
 __all__ = [
@@ -399,22 +400,58 @@ class Node:
         await self.stop()
         await self.start()
 
-    async def rotate_signing_key(self) -> str:
-        """Replace the signing key with a new one and restart; returns its key ID.
+    async def rotate_signing_key(self, overlap_ms: int = 3_600_000) -> str:
+        """Rotate the signing key of the running node as an operator does
+        (``homeserver keys rotate``, docs/usage/key_rotation.md); returns the
+        new key ID once the node publishes it.
 
-        This writes a new key file holding only the new key, as an operator
-        replacing the file would (``homeserver keys rotate`` is the supported
-        way on a running node, docs/usage/key_rotation.md). At start-up the node
-        retires the old key (``local_signing_keys`` table) and keeps publishing
-        it under ``old_verify_keys``, so events it signed stay verifiable.
+        No restart: an in-process node rotates through the same code and
+        re-reads its keys at once; a subprocess node gets the command, then
+        SIGHUP. The old key stays published under ``old_verify_keys`` until
+        ``now + overlap_ms``, so events it signed stay verifiable.
         """
-        assert self.config is not None
-        path = Path(self.config.signing_key_path)
-        old = key_id_of(read_signing_key_file(str(path))[0])
-        await self.stop()
-        key_id = _replace_key_file(path, old)
-        await self.start()
+        if not self.running or self.config is None:
+            raise RuntimeError(f"{self.label} is not running")
+        path = self.config.signing_key_path
+        if self.mode == "inprocess":
+            assert self.hs is not None
+            result = await rotate_signing_key(
+                self.hs.database, self.server_name, path,
+                now_ms=self.hs.clock.time_ms(), overlap_ms=overlap_ms,
+            )
+            await self.hs.keys.refresh_local()
+            key_id = result.new_key_id
+        else:
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "homeserver", "keys", "rotate",
+                "--config", str(self.config_path), "--overlap", f"{overlap_ms // 1000}s",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await cli.communicate()
+            if cli.returncode != 0:
+                raise RuntimeError(f"homeserver keys rotate failed: {out.decode(errors='replace')}")
+            key_id = key_id_of(read_signing_key_file(path)[0])
+            assert self.process is not None
+            self.process.send_signal(signal.SIGHUP)
+        await self._wait_publishes(key_id)
         return key_id
+
+    async def _wait_publishes(self, key_id: str) -> None:
+        """Until ``/_matrix/key/v2/server`` names ``key_id`` a current key."""
+        clock = RealClock()
+        deadline = clock.monotonic() + STARTUP_TIMEOUT_S
+        url = self.federation_url + "/_matrix/key/v2/server"
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with self._session.get(
+                    url, ssl=False, timeout=aiohttp.ClientTimeout(total=2)
+                ) as resp:
+                    if key_id in (await resp.json()).get("verify_keys", {}):
+                        return
+            if clock.monotonic() > deadline:
+                raise RuntimeError(f"{self.label} does not publish {key_id}")
+            await clock.sleep(0.05)
 
     def skew_clock(self, seconds: float) -> None:
         """Make the node's wall clock ``seconds`` fast (negative: slow); in-process only."""
@@ -448,14 +485,6 @@ class Node:
         )
         self.clients.append(client)
         return client
-
-
-def _replace_key_file(path: Path, old_key_id: str) -> str:
-    while True:
-        path.unlink()
-        key_id = key_id_of(generate_signing_key_file(str(path)))
-        if key_id != old_key_id:  # random versions may collide
-            return key_id
 
 
 def _deep_update(into: dict[str, Any], extra: Mapping[str, Any]) -> None:

@@ -105,15 +105,25 @@ async def test_subprocess_nodes_on_both_engines_kill_and_restart() -> None:
             b.skew_clock(60)
 
 
-async def test_rotate_signing_key_keeps_the_old_one_published() -> None:
-    async with Federation(nodes=1) as fed:
-        (a,) = fed.nodes
+@pytest.mark.parametrize("mode", ["inprocess", "subprocess"])
+async def test_rotate_signing_key_on_the_running_node(mode: str) -> None:
+    """``homeserver keys rotate``'s path, no restart: the new key is published
+    at once, the old one under ``old_verify_keys``, and a peer verifies what
+    the node signs afterwards."""
+    async with Federation(nodes=2, mode=[mode, "inprocess"]) as fed:  # type: ignore[list-item]
+        a, b = fed.nodes
+        same = a.hs if mode == "inprocess" else a.process
         _, before = await get_json(f"{a.federation_url}/_matrix/key/v2/server")
         (old_id,) = before["verify_keys"]
         new_id = await a.rotate_signing_key()
+        assert (a.hs if mode == "inprocess" else a.process) is same  # not restarted
         _, after = await get_json(f"{a.federation_url}/_matrix/key/v2/server")
         assert list(after["verify_keys"]) == [new_id] != [old_id]
         assert old_id in after["old_verify_keys"]
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        room = await fed.create_room(alice, bob)  # signed with the new key
+        await alice.send_message(room, "after the rotation")
+        await fed.converged(room, timeout=20)
 
 
 async def test_skewed_clock_shows_in_the_key_validity() -> None:
