@@ -20,8 +20,11 @@ Synapse, ...), each reported as one line (or ``--json``):
     the future.
 ``signed_request``
     A request X-Matrix-signed by a throwaway origin ``127.0.0.1:PORT`` whose
-    key this command serves over TLS for the duration of the run; passes if
-    the target fetched that key and accepted the signature. The target must
+    key this command serves over TLS for the duration of the run, to an
+    endpoint that requires authentication (``GET /_matrix/federation/v1/query
+    /profile`` of a made-up user of the target: 200 or 404 mean the request
+    was accepted, 401 or 403 that it was refused); passes only if the request
+    was accepted and the target fetched that key at least once. The target must
     be able to reach this machine's loopback, so the check runs only for a
     target on loopback and is skipped (with a note) otherwise. The origin's
     certificate is self-signed: a target that verifies certificates rejects it.
@@ -336,8 +339,11 @@ class _KeyServer:
         self._runner: web.AppRunner | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="concord-fedtest-")
         self.origin = ""
+        #: How often the target (or a notary for it) fetched our key.
+        self.fetches = 0
 
     async def _keys(self, request: web.Request) -> web.Response:
+        self.fetches += 1
         body = build_server_key_response(
             self.origin, [self.key], [], now_ms=self._clock.time_ms(), validity_ms=3_600_000
         )
@@ -395,31 +401,43 @@ async def _check_signed_request(
             destination_overrides={server_name: target.base_url},
             timeout_s=TIMEOUT_S,
         )
+        user_id = f"@federation-test-{secrets.token_hex(4)}:{server_name}"
         try:
-            body = await client.get_json(server_name, "/_matrix/federation/v1/version")
+            # An endpoint that needs authentication: /version would answer
+            # whatever the signature.
+            await client.get_json(server_name, "/_matrix/federation/v1/query/profile",
+                                  query={"user_id": user_id})
+            status = 200
         except FederationHttpError as e:
-            checks.append(
-                Check(
-                    "signed_request",
-                    "fail",
-                    f"signed as {keys.origin}: {e.reason} (the target could not fetch or "
-                    "accept our key; a target that verifies certificates refuses our "
-                    "self-signed one)",
+            status = e.status
+            if status not in (404,):
+                refused = status in (401, 403)
+                checks.append(
+                    Check(
+                        "signed_request",
+                        "fail",
+                        f"signed as {keys.origin}: "
+                        + (f"refused with {status} {e.errcode or ''}".rstrip()
+                           + " (the target could not fetch or accept our key; a target that "
+                           "verifies certificates refuses our self-signed one)"
+                           if refused else e.reason),
+                    )
                 )
-            )
-            return
+                return
         except FederationClientError as e:
             checks.append(Check("signed_request", "fail", f"signed as {keys.origin}: {e.reason}"))
             return
-        ok = isinstance(body, dict) and isinstance(body.get("server"), dict)
-        checks.append(
-            Check(
-                "signed_request",
-                "pass" if ok else "fail",
-                f"signed as {keys.origin}: the target fetched our key and accepted it"
-                if ok
-                else f"unexpected answer {str(body)[:200]}",
-            )
-        )
+        if keys.fetches == 0:
+            checks.append(Check(
+                "signed_request", "fail",
+                f"signed as {keys.origin}: answered {status} without ever fetching our key, "
+                "so the signature cannot have been checked",
+            ))
+            return
+        checks.append(Check(
+            "signed_request", "pass",
+            f"signed as {keys.origin}: the target fetched our key ({keys.fetches}x) and "
+            f"accepted the signed query/profile ({status})",
+        ))
     finally:
         await keys.close()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from signedjson.key import generate_signing_key
@@ -57,7 +58,8 @@ async def test_a_concord_node_passes(concord_node: Node) -> None:
     code, out, _ = await cli(concord_node.server_name, "--no-verify-tls")
     assert code == 0
     assert out.splitlines()[0] == f"Federation test of {concord_node.server_name}:"
-    assert any(line.startswith("PASS  signed_request") for line in out.splitlines())
+    signed = [line for line in out.splitlines() if line.startswith("PASS  signed_request")]
+    assert signed and "fetched our key" in signed[0] and "query/profile (404)" in signed[0]
     assert out.rstrip().endswith("all checks passed")
 
 
@@ -88,6 +90,11 @@ class BrokenServer:
         self.keys: BrokenKeys = lambda name: {}
         self.runner: web.AppRunner | None = None
         self.name = ""
+        #: How /query/profile answers a signed request: "accept" without
+        #: looking at the signature (a server that checks nothing), "reject"
+        #: after fetching the origin's key (a signature it refuses).
+        self.profile = "accept"
+        self.key_fetches: list[int] = []
 
     async def start(self) -> None:
         write_self_signed_certificate("127.0.0.1", str(self.tmp / "c.pem"), str(self.tmp / "k.pem"))
@@ -96,6 +103,7 @@ class BrokenServer:
         app = web.Application()
         app.router.add_get("/_matrix/key/v2/server", self._keys)
         app.router.add_get("/_matrix/federation/v1/version", self._version)
+        app.router.add_get("/_matrix/federation/v1/query/profile", self._profile)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         sock = socket.socket()
@@ -108,6 +116,18 @@ class BrokenServer:
 
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"errcode": "M_UNKNOWN", "error": "broken"}, status=500)
+
+    async def _profile(self, request: web.Request) -> web.Response:
+        if self.profile == "accept":
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no user"}, status=404)
+        auth = request.headers.get("Authorization", "")
+        origin = auth.split('origin="', 1)[1].split('"', 1)[0]
+        async with aiohttp.ClientSession() as session, session.get(
+            f"https://{origin}/_matrix/key/v2/server", ssl=False
+        ) as resp:
+            self.key_fetches.append(resp.status)
+        return web.json_response({"errcode": "M_UNAUTHORIZED", "error": "bad signature"},
+                                 status=401)
 
 
 @pytest.fixture
@@ -187,3 +207,22 @@ async def test_unreachable_and_invalid_names() -> None:
     assert code == 1 and statuses(report) == {"discovery": "pass", "tls": "fail"}
     code, _, err = await cli("not a name")
     assert code == 1 and "is not a server name" in err
+
+
+async def test_signed_request_needs_the_key_fetched(broken: BrokenServer) -> None:
+    """A target that accepts the signed request without ever fetching our key
+    checked nothing: the check fails rather than passing on a 404."""
+    broken.keys = good
+    got = await checks_against(broken)
+    assert got["signed_request"][0] == "fail"
+    assert "without ever fetching our key" in got["signed_request"][1]
+
+
+async def test_signed_request_refused_signature_fails(broken: BrokenServer) -> None:
+    """A target that fetches our key and then refuses the signature (401)."""
+    broken.keys = good
+    broken.profile = "reject"
+    got = await checks_against(broken)
+    assert broken.key_fetches == [200]
+    assert got["signed_request"][0] == "fail"
+    assert "refused with 401 M_UNAUTHORIZED" in got["signed_request"][1]
