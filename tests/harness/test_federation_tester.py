@@ -22,6 +22,7 @@ from concord_harness import Node
 from concord_harness.tester import run_checks
 from federation.clock import RealClock
 from federation.server_keys import build_server_key_response
+from federation.transport.discovery import ServerDiscovery, SrvRecord
 from homeserver.cli.federation_test import _ssl_context
 from homeserver.cli.generate_config import write_self_signed_certificate
 
@@ -226,3 +227,73 @@ async def test_signed_request_refused_signature_fails(broken: BrokenServer) -> N
     assert broken.key_fetches == [200]
     assert got["signed_request"][0] == "fail"
     assert "refused with 401 M_UNAUTHORIZED" in got["signed_request"][1]
+
+
+class FakeSrv:
+    """SRV answers for the names a test sets up; none for the rest."""
+
+    def __init__(self, records: dict[str, list[SrvRecord]]) -> None:
+        self.records = records
+        self.asked: list[str] = []
+
+    async def resolve_srv(self, name: str) -> list[SrvRecord]:
+        self.asked.append(name)
+        return self.records.get(name, [])
+
+
+@pytest.fixture
+async def well_known() -> AsyncIterator[tuple[dict[str, Any], str]]:
+    """A plain-HTTP ``.well-known/matrix/server`` on loopback: answers per
+    host (the dict, filled by the test; 404 for the rest) and its URL base."""
+    answers: dict[str, Any] = {}
+
+    async def serve(request: web.Request) -> web.Response:
+        host = request.match_info["host"]
+        if host not in answers:
+            return web.json_response({}, status=404)
+        return web.json_response(answers[host])
+
+    app = web.Application()
+    app.router.add_get("/{host}/.well-known/matrix/server", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    yield answers, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("how", ["well-known", "srv", "default"])
+async def test_discovery_labels(
+    how: str, concord_node: Node, well_known: tuple[dict[str, Any], str]
+) -> None:
+    """Spec "Resolving server names": delegation by ``.well-known`` (to the
+    node), an SRV record (to the node), and neither (port 8448), each named."""
+    answers, base = well_known
+    port = int(concord_node.server_name.rsplit(":", 1)[1])
+    name = f"{how}.test"
+    srv = FakeSrv({})
+    if how == "well-known":
+        answers[name] = {"m.server": concord_node.server_name}
+    elif how == "srv":
+        srv.records[f"_matrix-fed._tcp.{name}"] = [SrvRecord("127.0.0.1", port)]
+    async with aiohttp.ClientSession() as session:
+        discovery = ServerDiscovery(
+            session, RealClock(), srv_resolver=srv,
+            well_known_url=lambda host: f"{base}/{host}/.well-known/matrix/server",
+        )
+        report = await run_checks(name, ssl_context=_ssl_context(verify=False),
+                                  discovery=discovery)
+    got = {c.name: (c.status, c.detail) for c in report.checks}
+    expected = {
+        "well-known": f"127.0.0.1:{port}: delegated by .well-known to 127.0.0.1:{port}",
+        "srv": f"127.0.0.1:{port}: SRV record",
+        "default": f"{name}:8448: default port 8448 (no .well-known, no SRV)",
+    }[how]
+    assert got["discovery"] == ("pass", expected)
+    if how == "default":
+        assert got["tls"][0] == "fail"  # nothing answers for default.test
+    else:
+        assert got["tls"][0] == "pass"
+        assert got["keys.server_name"][0] == "fail"  # the node is not {how}.test
