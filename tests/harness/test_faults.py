@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -11,6 +11,7 @@ from aiohttp import web
 from yarl import URL
 
 from concord_harness.faults import FaultProxy
+from federation.clock import FakeClock
 
 
 class Upstream:
@@ -176,6 +177,70 @@ async def test_reorder_releases_every_held_request(
         # A partial window is released after max_hold_s, not held forever.
         proxy.reorder(5, max_hold_s=0.05)
         assert await get(session, proxy, "/alone") == 200
+    finally:
+        await proxy.close()
+
+
+async def _yield_until(condition: Callable[[], bool]) -> None:
+    """Let the loop run (no clock time passes) until ``condition`` holds."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def _start_in_order(
+    session: aiohttp.ClientSession, proxy: FaultProxy, clock: FakeClock, n: int, prefix: str
+) -> list[asyncio.Task[int | str]]:
+    """``n`` concurrent requests, each sent once the previous one is waiting
+    in the proxy (asleep on ``clock``), so the send order is known."""
+    tasks: list[asyncio.Task[int | str]] = []
+    for i in range(n):
+        tasks.append(asyncio.ensure_future(get(session, proxy, f"/{prefix}{i}")))
+        # Until the proxy holds it (or has released the whole window).
+        await _yield_until(lambda n=i + 1: clock.pending_sleepers() >= n  # type: ignore[misc]
+                           or len(proxy._held) >= n or tasks[-1].done())
+    return tasks
+
+
+async def test_delay_reorders_concurrent_requests(
+    upstream: Upstream, session: aiohttp.ClientSession
+) -> None:
+    """Each request waits its own random delay: sent in one order, they
+    arrive in the order of their delays (fixed seed: not the send order)."""
+    clock = FakeClock()
+    proxy = FaultProxy("src.test", "dest.test", upstream.url, seed=7, clock=clock)
+    await proxy.start()
+    try:
+        proxy.delay(0.0, 1.0)
+        tasks = await _start_in_order(session, proxy, clock, 5, "d")
+        while clock.pending_sleepers():
+            clock.advance(0.001)
+            released = 5 - clock.pending_sleepers()
+            # One at a time, in delay order.
+            await _yield_until(lambda n=released: len(upstream.seen) >= n)  # type: ignore[misc]
+        assert await asyncio.gather(*tasks) == [200] * 5
+        sent = [f"/d{i}" for i in range(5)]
+        assert sorted(upstream.seen) == sent and upstream.seen != sent, upstream.seen
+    finally:
+        await proxy.close()
+
+
+async def test_reorder_shuffles_a_window(
+    upstream: Upstream, session: aiohttp.ClientSession
+) -> None:
+    """reorder(5): five requests held, then released in a seeded shuffle, so
+    they reach the destination in another order than they were sent."""
+    clock = FakeClock()
+    proxy = FaultProxy("src.test", "dest.test", upstream.url, seed=3, clock=clock)
+    await proxy.start()
+    try:
+        proxy.reorder(5, max_hold_s=60.0)
+        tasks = await _start_in_order(session, proxy, clock, 5, "r")
+        assert await asyncio.gather(*tasks) == [200] * 5
+        sent = [f"/r{i}" for i in range(5)]
+        assert sorted(upstream.seen) == sent and upstream.seen != sent, upstream.seen
     finally:
         await proxy.close()
 
