@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -181,13 +182,17 @@ async def test_reorder_releases_every_held_request(
         await proxy.close()
 
 
-async def _yield_until(condition: Callable[[], bool]) -> None:
-    """Let the loop run (no clock time passes) until ``condition`` holds."""
-    for _ in range(100_000):
-        if condition():
-            return
+async def _yield_until(condition: Callable[[], bool], *, within_s: float = 30.0) -> None:
+    """Let the loop run (no fake-clock time passes) until ``condition`` holds.
+
+    Bounded by real time, not by a number of loop turns: the requests travel
+    over real loopback sockets, and on a loaded machine a fixed turn count
+    can run out before a request arrives."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the condition never held within {within_s:g}s")
         await asyncio.sleep(0)
-    raise AssertionError("the condition never held")
 
 
 async def _start_in_order(
