@@ -69,12 +69,12 @@ class ScriptedPeer:
         return [compute_event_id(p, self.rv) for t in self.acked_order
                 for p in self.acked[t]["pdus"]]
 
-    async def wait_attempts(self, n: int) -> None:
+    async def wait_attempts(self, n: int, within_s: float = 20) -> None:
         async def reached() -> None:
             async with self._cond:
                 await self._cond.wait_for(lambda: len(self.attempts) >= n)
 
-        await asyncio.wait_for(reached(), 20)
+        await asyncio.wait_for(reached(), within_s)
 
     def release(self) -> None:
         self._release.set()

@@ -114,8 +114,20 @@ async def fail_until(node: Running, peer: ScriptedPeer, dead: int) -> None:
         if n >= dead:
             return
         seen = len(peer.attempts)
+        # The retry sleeps on the FakeClock; under load its timer may be set
+        # a moment after wait_until_idle returns, and an advance made before
+        # that does not wake it. So advance again (a few minutes at a time,
+        # far below max_delivery_age) until the attempt arrives, bounded by
+        # real time.
         node.hs.clock.advance(3600)
-        await peer.wait_attempts(seen + 1)
+        for _ in range(40):
+            try:
+                await peer.wait_attempts(seen + 1, within_s=0.5)
+                break
+            except TimeoutError:
+                node.hs.clock.advance(300)
+        else:
+            raise AssertionError("the peer was never retried")
     raise AssertionError("the bound was never reached")
 
 
