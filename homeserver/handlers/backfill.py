@@ -38,15 +38,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from federation.auth_rules import AuthError, check_auth, check_auth_events_selection
-from federation.auth_rules.selection import create_event_id_for_room
 from federation.clock import Clock
 from federation.errors import MatrixError
 from federation.events import Event
 from federation.keyring import Keyring
 from federation.room_versions import RoomVersion, get_room_version
 from federation.transport.client import FederationClientError
-from homeserver.handlers.event_receipt import EventReceiptHandler
+from homeserver.handlers.event_receipt import (
+    EventReceiptHandler,
+    own_auth_event_ids,
+    own_auth_failure,
+)
 from homeserver.handlers.missing_events import FederationRequester, MissingEventsFetcher
 from homeserver.handlers.room_state import state_after_events_txn
 from storage.database import Database
@@ -71,26 +73,6 @@ FETCH_CONCURRENCY = 10
 #: After every server failed for a set of extremities, the seconds before
 #: a page asks again (each page would otherwise ask every server anew).
 RETRY_AFTER_S = 60.0
-
-
-def _own_auth_ids(ev: Event) -> list[str]:
-    """The event's auth events, plus (v12) the create event it reads without listing."""
-    ids = list(ev.auth_event_ids)
-    if ev.room_version.room_id_from_create_event and ev.type != "m.room.create":
-        ids.append(create_event_id_for_room(ev.room_id))
-    return list(dict.fromkeys(ids))
-
-
-def _check_own_auth(ev: Event, auth: Mapping[str, Event]) -> str | None:
-    """Receipt check 4; the rejection reason or ``None``."""
-    for a in auth.values():
-        if a.rejected_reason is not None:
-            return f"auth event {a.event_id} was rejected"
-    try:
-        check_auth(ev, check_auth_events_selection(ev, auth))
-    except AuthError as e:
-        return e.msg
-    return None
 
 
 class PaginationBackfiller:
@@ -212,7 +194,7 @@ class PaginationBackfiller:
         """Store the unknown auth events of ``events`` as outliers (checked)."""
         events = list(events)
         batch_ids = {ev.event_id for ev in events}
-        needed = {a for ev in events for a in _own_auth_ids(ev)} - batch_ids
+        needed = {a for ev in events for a in own_auth_event_ids(ev)} - batch_ids
         missing = needed - await self._events.have_events(tenant, needed)
         if not missing:
             return
@@ -228,7 +210,7 @@ class PaginationBackfiller:
         # Auth events whose own auth chain is unknown too: the whole chain.
         still = needed - await self._events.have_events(tenant, needed)
         if still:
-            lacking = [ev for ev in events if set(_own_auth_ids(ev)) & still]
+            lacking = [ev for ev in events if set(own_auth_event_ids(ev)) & still]
             for ev in lacking[:MAX_AUTH_CHAIN_FETCHES]:
                 await self._fetcher.fetch_auth_chain(tenant, server, ev)
 
@@ -258,18 +240,18 @@ class PaginationBackfiller:
         stored = 0
         async with self._db.transaction("backfill") as txn:
             await txn.lock(f"event_graph:{tenant}")
-            auth_ids = {a for ev in fresh.values() for a in _own_auth_ids(ev)}
+            auth_ids = {a for ev in fresh.values() for a in own_auth_event_ids(ev)}
             known = dict(await events.get_events(tenant, auth_ids, txn=txn))
             # Oldest first: prev events (and usually auth events) come before
             # the events that refer to them.
             for ev in sorted(fresh.values(), key=lambda e: (e.depth, e.event_id)):
-                wanted = _own_auth_ids(ev)
+                wanted = own_auth_event_ids(ev)
                 lacking = [a for a in wanted if a not in known]
                 if lacking:
                     logger.info("Backfilled %s dropped: auth events %s unknown",
                                 ev.event_id, lacking)
                     continue
-                rejected = _check_own_auth(ev, {a: known[a] for a in wanted})
+                rejected = own_auth_failure(ev, {a: known[a] for a in wanted})
                 if rejected is not None:
                     logger.info("Backfilled %s rejected: %s", ev.event_id, rejected)
                     ev = Event(ev.pdu, ev.event_id, ev.room_version, rejected)

@@ -206,24 +206,12 @@ class EventReceiptHandler:
         self, txn: Transaction, tenant: str, event: Event
     ) -> str | None:
         """Step 4; the rejection reason, or ``None`` if the event passes."""
-        wanted = list(event.auth_event_ids)
-        if event.room_version.room_id_from_create_event and event.type != "m.room.create":
-            wanted.append(create_event_id_for_room(event.room_id))
+        wanted = own_auth_event_ids(event)
         auth_events = await self._events.get_events(tenant, wanted, txn=txn)
         missing = set(wanted) - set(auth_events)
         if missing:
             raise MissingEventsError(event.event_id, missing, "auth_events")
-        for auth_event in auth_events.values():
-            # Synapse does the same: an event authorised by a rejected event
-            # is rejected (v12 rule 2 says so of the create event).
-            if auth_event.rejected_reason is not None:
-                return f"auth event {auth_event.event_id} was rejected"
-        try:
-            keyed = check_auth_events_selection(event, auth_events)
-            check_auth(event, keyed)
-        except AuthError as e:
-            return e.msg
-        return None
+        return own_auth_failure(event, auth_events)
 
     async def _check_against_state(
         self, txn: Transaction, tenant: str, event: Event, state: StateMap
@@ -239,8 +227,20 @@ class EventReceiptHandler:
         return None
 
 
-def _auth_failure(event: Event, auth_events: Mapping[str, Event]) -> str | None:
-    """Receipt check 4 on loaded auth events, as ``_check_own_auth_events``."""
+def own_auth_event_ids(event: Event) -> list[str]:
+    """The event's auth events, plus (v12) the create event it reads without listing."""
+    ids = list(event.auth_event_ids)
+    if event.room_version.room_id_from_create_event and event.type != "m.room.create":
+        ids.append(create_event_id_for_room(event.room_id))
+    return list(dict.fromkeys(ids))
+
+
+def own_auth_failure(event: Event, auth_events: Mapping[str, Event]) -> str | None:
+    """Receipt check 4 on loaded auth events: the rejection reason, or ``None``.
+
+    Synapse does the same: an event authorised by a rejected event is
+    rejected (v12 rule 2 says so of the create event).
+    """
     for auth_event in auth_events.values():
         if auth_event.rejected_reason is not None:
             return f"auth event {auth_event.event_id} was rejected"
@@ -336,11 +336,9 @@ class _Batch:
         if set(self._extremities) != {prev}:
             return False
         # Step 4.
-        wanted = list(event.auth_event_ids)
-        if rv.room_id_from_create_event and event.type != "m.room.create":
-            wanted.append(create_event_id_for_room(event.room_id))
+        wanted = own_auth_event_ids(event)
         auth_events = await self._load(wanted)
-        if len(auth_events) != len(set(wanted)) or _auth_failure(event, auth_events):
+        if len(auth_events) != len(wanted) or own_auth_failure(event, auth_events):
             return False
         # Step 5: the state after the only prev event.
         before = self._state_after.get(prev)

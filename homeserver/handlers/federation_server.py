@@ -38,8 +38,12 @@ from federation.redaction import redact
 from federation.room_versions import RoomVersion, get_room_version
 from homeserver.discovery.directory import PublishedDirectory
 from homeserver.handlers.event_creation import MAX_PREV_EVENTS
-from homeserver.handlers.event_receipt import EventReceiptHandler, Outcome
-from homeserver.handlers.missing_events import _check_own_auth, _own_auth_ids
+from homeserver.handlers.event_receipt import (
+    EventReceiptHandler,
+    Outcome,
+    own_auth_event_ids,
+    own_auth_failure,
+)
 from homeserver.handlers.profile import default_displayname
 from homeserver.handlers.room_acl import RoomServerAcls
 from homeserver.handlers.server_visibility import ServerVisibility, server_of
@@ -442,11 +446,11 @@ class FederationServer:
         # Receipt check 4 (the event's own auth events) too, before anything is
         # stored: otherwise an event failing it would be kept as rejected, and a
         # corrected retry of the same join refused (Synapse checks both first).
-        own_ids = _own_auth_ids(event)
+        own_ids = own_auth_event_ids(event)
         own = await self._events.get_events(tenant, own_ids)
         if len(own) != len(own_ids):
             raise MatrixError(403, Codes.FORBIDDEN, f"{event_id} names auth events not known here")
-        refused = _check_own_auth(event, own)
+        refused = own_auth_failure(event, own)
         if refused is not None:
             raise MatrixError(403, Codes.FORBIDDEN, refused)
         signed = Event(

@@ -38,9 +38,7 @@ from federation.auth_rules import (
     AuthError,
     auth_types_for_event,
     check_auth,
-    check_auth_events_selection,
 )
-from federation.auth_rules.selection import create_event_id_for_room
 from federation.errors import Codes, MatrixError
 from federation.events import Event
 from federation.keyring import Keyring
@@ -50,6 +48,8 @@ from homeserver.handlers.event_receipt import (
     EventReceiptHandler,
     MissingEventsError,
     ReceiptOutcome,
+    own_auth_event_ids,
+    own_auth_failure,
 )
 from homeserver.handlers.room_state import update_current_state_txn
 from storage.database import Database
@@ -170,7 +170,7 @@ class MissingEventsFetcher:
             await txn.lock(f"event_graph:{tenant}")
             have = await self._events.have_events(tenant, fetched, txn=txn)
             pending = {eid: ev for eid, ev in fetched.items() if eid not in have}
-            needed_ids = {a for ev in pending.values() for a in _own_auth_ids(ev)}
+            needed_ids = {a for ev in pending.values() for a in own_auth_event_ids(ev)}
             known = await self._events.get_events(
                 tenant, needed_ids - set(pending), txn=txn
             )
@@ -180,7 +180,7 @@ class MissingEventsFetcher:
             while pending and progress:
                 progress = False
                 for eid, ev in sorted(pending.items(), key=lambda kv: kv[1].depth):
-                    auth_ids = _own_auth_ids(ev)
+                    auth_ids = own_auth_event_ids(ev)
                     if any(a in pending for a in auth_ids):
                         continue  # its auth events first
                     del pending[eid]
@@ -188,7 +188,7 @@ class MissingEventsFetcher:
                     if any(a not in known for a in auth_ids):
                         logger.info("Outlier %s dropped: auth events unknown", eid)
                         continue
-                    rejected = _check_own_auth(ev, {a: known[a] for a in auth_ids})
+                    rejected = own_auth_failure(ev, {a: known[a] for a in auth_ids})
                     if rejected is not None:
                         ev = Event(ev.pdu, ev.event_id, ev.room_version, rejected)
                     known[eid] = ev
@@ -302,7 +302,7 @@ class MissingEventsFetcher:
         )
         if prev is None:
             return
-        wanted = set(pdu_ids) | set(chain_ids) | set(_own_auth_ids(prev))
+        wanted = set(pdu_ids) | set(chain_ids) | set(own_auth_event_ids(prev))
         wanted.discard(prev_id)
         missing = wanted - await self._events.have_events(tenant, wanted)
         if len(missing) > MAX_EVENTS_PER_GAP:
@@ -326,12 +326,12 @@ class MissingEventsFetcher:
                                 prev_id, sev.event_id)
                     return
                 state[sev.state_tuple] = sev.event_id
-            auth_ids = _own_auth_ids(prev)
+            auth_ids = own_auth_event_ids(prev)
             auth = await self._events.get_events(tenant, auth_ids, txn=txn)
             if len(auth) != len(set(auth_ids)):
                 logger.info("Auth events of %s unknown; gap not filled", prev_id)
                 return
-            rejected = _check_own_auth(prev, auth)  # receipt check 4
+            rejected = own_auth_failure(prev, auth)  # receipt check 4
             if rejected is None:  # receipt check 5, against the fetched state
                 rejected = await _check_against_state(self._events, tenant, prev, state, txn)
             await self._events.persist_events_txn(
@@ -417,26 +417,6 @@ def internal_pdu_error() -> MatrixError:
 
 def _str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _own_auth_ids(ev: Event) -> list[str]:
-    """The event's auth events, plus (v12) the create event it reads without listing."""
-    ids = list(ev.auth_event_ids)
-    if ev.room_version.room_id_from_create_event and ev.type != "m.room.create":
-        ids.append(create_event_id_for_room(ev.room_id))
-    return list(dict.fromkeys(ids))
-
-
-def _check_own_auth(ev: Event, auth: Mapping[str, Event]) -> str | None:
-    """Receipt check 4; the rejection reason or ``None``."""
-    for a in auth.values():
-        if a.rejected_reason is not None:
-            return f"auth event {a.event_id} was rejected"
-    try:
-        check_auth(ev, check_auth_events_selection(ev, auth))
-    except AuthError as e:
-        return e.msg
-    return None
 
 
 async def _check_against_state(
