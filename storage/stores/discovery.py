@@ -5,7 +5,8 @@ Tables: migration ``0014_room_discovery`` (docs/usage/room_discovery.md).
 published room directory (federation ``publicRooms``), with the time first
 and last seen; ``discovery_peers`` one row per peer with its current health
 and last crawl; ``discovery_probes`` the probe results of the rolling window
-and ``discovery_peer_history`` every health state change.
+and ``discovery_peer_history`` every health state change (numbered per
+peer, ``seq``: migration ``0015_discovery_history_order``).
 
 Search is the one engine-dependent part: PostgreSQL uses full-text search
 (``search_vector``, GIN) with a trigram fallback (``word_similarity``) when
@@ -220,6 +221,8 @@ class DiscoveryStore:
     ) -> bool:
         """Record ``state``; a change is appended to the history. True if it changed."""
         async with self._db.transaction("discovery_set_state") as txn:
+            # The history's next seq is read and written in this transaction.
+            await txn.lock(f"discovery_peer:{server_name}")
             current = await txn.fetchval(
                 "SELECT state FROM discovery_peers WHERE server_name = $1", server_name
             )
@@ -235,17 +238,19 @@ class DiscoveryStore:
                 server_name, state, now_ms, reason,
             )
             await txn.execute(
-                "INSERT INTO discovery_peer_history (server_name, ts, state, reason) "
-                "VALUES ($1, $2, $3, $4)",
+                "INSERT INTO discovery_peer_history (server_name, ts, state, reason, seq) "
+                "SELECT $1, $2, $3, $4, COALESCE(MAX(seq), 0) + 1 FROM discovery_peer_history "
+                "WHERE server_name = $1",
                 server_name, now_ms, state, reason,
             )
             return True
 
     async def history(self, server_name: str, limit: int = 50) -> list[tuple[int, str, str | None]]:
-        """The latest state changes, newest first: ``(ts, state, reason)``."""
+        """The latest state changes, newest first: ``(ts, state, reason)``
+        (in the order they were stored, even within one millisecond)."""
         rows = await self._db.fetch(
             "SELECT ts, state, reason FROM discovery_peer_history WHERE server_name = $1 "
-            "ORDER BY ts DESC LIMIT $2",
+            "ORDER BY seq DESC, ts DESC LIMIT $2",
             server_name, limit,
         )
         return [(int(r[0]), str(r[1]), r[2]) for r in rows]
