@@ -11,8 +11,10 @@ Per link, for each request, in this order:
 
 1. **partition**: the connection is cut before anything is forwarded (the
    sender sees a network error, as when the peer is unreachable);
-2. **status**: a fraction of requests is answered with a chosen HTTP status
-   and a Matrix error body, without reaching the destination;
+2. **status**: a fraction of requests (optionally only those whose path
+   starts with one of given prefixes, e.g. only ``/send``) is answered with
+   a chosen HTTP status and a Matrix error body, without reaching the
+   destination;
 3. **drop**: a fraction of requests is lost (connection cut, not forwarded);
 4. **delay**: each request waits a uniformly random time in ``[min, max]``
    before it is forwarded, so concurrent requests overtake one another;
@@ -86,6 +88,8 @@ class LinkFaults:
     reorder_max_hold_s: float = 0.5
     status: int | None = None
     status_fraction: float = 0.0
+    #: Path prefixes the status fault applies to; empty: every request.
+    status_paths: tuple[str, ...] = ()
 
     def clear(self) -> None:
         """Back to a perfect link."""
@@ -223,11 +227,20 @@ class FaultProxy:
         self.faults.reorder_max_hold_s = max_hold_s
         return self
 
-    def respond_with(self, status: int, fraction: float = 1.0) -> FaultProxy:
+    def respond_with(
+        self, status: int, fraction: float = 1.0, *, paths: tuple[str, ...] = ()
+    ) -> FaultProxy:
+        """Answer ``status`` instead of forwarding, for ``fraction`` of the
+        requests whose path starts with one of ``paths`` (empty: all), so a
+        peer can refuse transactions (``/_matrix/federation/v1/send/``) while
+        answering everything else."""
         if not 100 <= status <= 599:
             raise ValueError(f"not an HTTP status: {status}")
+        if any(not p.startswith("/") for p in paths):
+            raise ValueError(f"path prefixes must start with '/', got {paths}")
         self.faults.status = status
         self.faults.status_fraction = _check_fraction("respond_with fraction", fraction)
+        self.faults.status_paths = tuple(paths)
         return self
 
     # The proxy itself.
@@ -244,7 +257,9 @@ class FaultProxy:
             if f.partitioned:
                 self.stats.record(method, path, "partitioned")
                 raise _Cut
-            if f.status is not None and self._chance(f.status_fraction):
+            if (f.status is not None
+                    and (not f.status_paths or request.path.startswith(f.status_paths))
+                    and self._chance(f.status_fraction)):
                 self.stats.record(method, path, f"status_{f.status}")
                 return web.json_response(
                     {"errcode": "M_UNKNOWN", "error": "injected by concord_harness"},

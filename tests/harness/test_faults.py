@@ -154,6 +154,23 @@ async def test_respond_with_status_does_not_forward(
         await proxy.close()
 
 
+async def test_respond_with_status_only_on_chosen_paths(
+    upstream: Upstream, session: aiohttp.ClientSession
+) -> None:
+    proxy = await make_proxy(upstream)
+    try:
+        proxy.respond_with(500, paths=("/_matrix/federation/v1/send/",))
+        assert await get(session, proxy, "/_matrix/federation/v1/send/t1") == 500
+        assert await get(session, proxy, "/_matrix/federation/v1/version") == 200
+        assert await get(session, proxy, "/_matrix/key/v2/server") == 200
+        assert upstream.seen == ["/_matrix/federation/v1/version", "/_matrix/key/v2/server"]
+        assert proxy.stats["status_500"] == 1 and proxy.stats["forwarded"] == 2
+        proxy.heal()
+        assert await get(session, proxy, "/_matrix/federation/v1/send/t1") == 200
+    finally:
+        await proxy.close()
+
+
 async def test_dropped_response_reached_the_destination(
     upstream: Upstream, session: aiohttp.ClientSession
 ) -> None:
@@ -256,5 +273,7 @@ def test_fault_arguments_are_checked() -> None:
         proxy.drop(1.5)
     with pytest.raises(ValueError, match="HTTP status"):
         proxy.respond_with(42)
+    with pytest.raises(ValueError, match="start with"):
+        proxy.respond_with(500, paths=("send",))
     with pytest.raises(ValueError, match="min <= max"):
         proxy.delay(2, 1)
