@@ -44,7 +44,9 @@ from homeserver.discovery.directory import PublishedDirectory
 from homeserver.discovery.health import STATES, HealthSettings, evaluate
 from storage.stores.discovery import DiscoveryStore, IndexedRoom, ProbeRecord, SortKey
 
-__all__ = ["Discovery", "DiscoveryMetrics", "Target", "discovery_for", "parse_room"]
+__all__ = [
+    "Discovery", "DiscoveryMetrics", "Target", "build_discovery", "discovery_for", "parse_room",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +196,10 @@ class Discovery:
             offline_failures=config.health_offline_failures,
         )
         self._lock = asyncio.Lock()
+        #: Held from reading a peer's probes and delivery view to storing the
+        #: state they give, so a probe and a delivery change evaluating at
+        #: once cannot store a state from stale inputs last.
+        self._state_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._warned_capability = False
 
@@ -313,19 +319,48 @@ class Discovery:
         except (TimeoutError, FederationClientError, ValueError, OSError) as e:
             ok, fresh, error = False, False, str(e) or type(e).__name__
         latency = int((self._clock.monotonic() - started) * 1000)
-        window = self.config.health_window
         await self.store.record_probe(
             t.server_name, ProbeRecord(now, ok, fresh, latency, error),
-            keep_after_ts=now - window,
+            keep_after_ts=now - self.config.health_window,
         )
-        probes = await self.store.probes_since(t.server_name, now - window)
-        delivery = None
-        if self._delivery_error is not None:
-            delivery = await self._delivery_error(t.server_name)
-        state, reason = evaluate(probes, self._health, delivery_error=delivery)
-        if await self.store.set_state(t.server_name, state, reason, now):
-            logger.info("Discovery: %s is now %s (%s)", t.server_name, state, reason)
-        return state
+        found = await self._evaluate(t.server_name)
+        assert found is not None  # the probe just stored is in the window
+        return found[0]
+
+    async def _evaluate(self, server_name: str) -> tuple[str, bool] | None:
+        """Store the state the window's probes and the delivery queue give
+        ``server_name``: ``(state, changed)``; None (nothing stored) when no
+        probe is in the window, since only a probe can say a peer is up."""
+        async with self._state_lock:
+            now = self._clock.time_ms()
+            probes = await self.store.probes_since(server_name, now - self.config.health_window)
+            if not probes:
+                return None
+            delivery = None
+            if self._delivery_error is not None:
+                delivery = await self._delivery_error(server_name)
+            state, reason = evaluate(probes, self._health, delivery_error=delivery)
+            changed = await self.store.set_state(server_name, state, reason, now)
+        if changed:
+            logger.info("Discovery: %s is now %s (%s)", server_name, state, reason)
+        return state, changed
+
+    async def delivery_changed(self, server_name: str) -> None:
+        """The delivery queue began, ended or moved a backoff towards
+        ``server_name`` (a :class:`FederationSender` destination listener):
+        fold it into the peer's state now, from the probes already in the
+        window, rather than at the next probe. Not a peer, a hosted name, a
+        peer outside every trust domain or one without a recent probe: nothing
+        changes (the next probe decides)."""
+        peer = await self.store.get_peer(server_name)
+        if peer is None or peer.state == "unknown":
+            return
+        t = (await self.targets()).get(server_name)
+        if t is None or t.local or t.origin is None:
+            return
+        found = await self._evaluate(server_name)
+        if found is not None and found[1]:
+            await self._refresh_gauges()
 
     def _dropped(self, state: str, since_ts: int, now: int) -> bool:
         return state == "offline" and now - since_ts >= self.config.offline_threshold
@@ -604,27 +639,49 @@ class Discovery:
 
 
 def discovery_for(hs: Any) -> Discovery:
-    """The node's :class:`Discovery`, built on first use and kept on ``hs``."""
+    """The node's :class:`Discovery`, built on first use and kept on ``hs``;
+    it follows the node's delivery queue (a destination listener of
+    ``hs.federation_sender``, when the node sends)."""
     found = getattr(hs, "_discovery", None)
     if isinstance(found, Discovery):
         return found
+    from homeserver.federation_sender.sender import FederationSender
+
+    discovery = build_discovery(hs, metrics=DiscoveryMetrics(hs.metrics.registry))
+    sender = getattr(hs, "federation_sender", None)
+    if isinstance(sender, FederationSender):
+        sender.destination_listeners.append(discovery.delivery_changed)
+    hs._discovery = discovery
+    return discovery
+
+
+def build_discovery(
+    hs: Any,
+    *,
+    config: DiscoveryConfig | None = None,
+    metrics: DiscoveryMetrics | None = None,
+    rng: random.Random | None = None,
+) -> Discovery:
+    """A :class:`Discovery` over ``hs``'s database, federation client, hosted
+    names, trust domain and delivery queue (``config`` defaults to
+    ``hs.config.discovery``). A node has one, from :func:`discovery_for`;
+    tests build others with a seeded ``rng``."""
+    from homeserver.federation_sender.admin import DeliveryAdmin, tenant_databases
     from homeserver.keys import key_service_for
+    from storage.database import Database
     from storage.stores.events import EventStore
-    from storage.stores.outbox import OutboxStore
     from storage.stores.room_directory import RoomDirectoryStore
     from storage.stores.state import StateStore
 
     keys = key_service_for(hs)
-    outbox = OutboxStore(hs.database)
+    tenants = getattr(hs, "tenants", None)
 
     def hosted() -> list[str]:
-        tenants = getattr(hs, "tenants", None)
         if tenants is None:
             return [hs.server_name]
         return [t.server_name for t in tenants.all() if t.is_active]
 
     async def local_directory(name: str) -> list[dict[str, Any]]:
-        tenants = getattr(hs, "tenants", None)
         db = hs.database
         if tenants is not None and (tenant := tenants.get(name)) is not None:
             db = await tenants.database(tenant)
@@ -633,25 +690,30 @@ def discovery_for(hs: Any) -> Discovery:
             db, StateStore(db))
         return await PublishedDirectory(events, RoomDirectoryStore(db)).summaries(name)
 
-    async def delivery_error(server: str) -> str | None:
-        state = await outbox.get_destination(server)
-        now = hs.clock.time_ms()
-        if state is None or not state.failure_count or not state.next_retry_ts:
-            return None
-        if state.next_retry_ts <= now:
-            return None
-        return state.last_error or f"{state.failure_count} failed deliveries"
+    if tenants is not None:
+        origins, database_for = tenant_databases(tenants, hs.database)
+    else:
+        def origins() -> list[str]:
+            return [hs.server_name]
 
-    discovery = Discovery(
-        config=hs.config.discovery,
+        async def database_for(name: str) -> Database:
+            db: Database = hs.database
+            return db
+
+    # The delivery queue's view of a destination, over every database holding
+    # an outbox (a dedicated tenant's backoff lives in its own), exactly as
+    # the delivery admin API shows it.
+    delivery = DeliveryAdmin(clock=hs.clock, origins=origins, database_for=database_for,
+                             sender=getattr(hs, "federation_sender", None))
+    return Discovery(
+        config=config or hs.config.discovery,
         clock=hs.clock,
         store=DiscoveryStore(hs.database),
         client=keys.client,
         hosted_names=hosted,
         trust=getattr(hs, "trust", None),
         local_directory=local_directory,
-        delivery_error=delivery_error,
-        metrics=DiscoveryMetrics(hs.metrics.registry),
+        delivery_error=delivery.backing_off,
+        metrics=metrics,
+        rng=rng,
     )
-    hs._discovery = discovery
-    return discovery

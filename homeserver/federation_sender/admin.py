@@ -127,6 +127,23 @@ class DeliveryAdmin:
                 return info
         return None
 
+    async def backing_off(self, name: str) -> str | None:
+        """Why deliveries to ``name`` are backing off (its last error), or None
+        when they are not: the ``backing_off`` state of :meth:`destination`,
+        read without counting queues and dead letters (room discovery asks
+        it on every probe)."""
+        states = []
+        for db in await self.databases():
+            found = await OutboxStore(db).get_destination(name)
+            if found is not None:
+                states.append(found)
+        _, failure, backing_off = _backoff(states, self._clock.time_ms())
+        if not backing_off:
+            return None
+        if failure is not None and failure.last_error:
+            return failure.last_error
+        return f"{max(s.failure_count for s in states)} failed deliveries"
+
     async def reset_backoff(self, name: str) -> bool:
         """Retry ``name`` now; False if nothing is known of it."""
         if await self.destination(name) is None:
@@ -271,17 +288,27 @@ class DeliveryAdmin:
             await self._sender.refresh_gauges()
 
 
+def _latest(values: list[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def _backoff(
+    states: list[DestinationState], now: int
+) -> tuple[int | None, DestinationState | None, bool]:
+    """``(next retry, latest failure, backing off)`` over every database's
+    state of one destination: it backs off while some retry time is ahead."""
+    next_retry = _latest([s.next_retry_ts for s in states])
+    failure = max(states, key=lambda s: s.last_failure_ts or 0) if states else None
+    return next_retry, failure, next_retry is not None and next_retry > now
+
+
 def _merge(
     name: str, states: list[DestinationState], depth: int, dead: int, now: int
 ) -> DestinationInfo:
     """One destination as every database sees it (they share nothing)."""
-    def latest(values: list[int | None]) -> int | None:
-        present = [v for v in values if v is not None]
-        return max(present) if present else None
-
-    next_retry = latest([s.next_retry_ts for s in states])
-    failure = max(states, key=lambda s: s.last_failure_ts or 0) if states else None
-    if next_retry is not None and next_retry > now:
+    next_retry, failure, backing_off = _backoff(states, now)
+    if backing_off:
         state = "backing_off"
     elif depth:
         state = "sending"
@@ -295,8 +322,8 @@ def _merge(
         failure_count=max((s.failure_count for s in states), default=0),
         retry_interval_ms=max((s.retry_interval_ms for s in states), default=0),
         next_retry_ts=next_retry,
-        last_success_ts=latest([s.last_success_ts for s in states]),
-        last_failure_ts=latest([s.last_failure_ts for s in states]),
+        last_success_ts=_latest([s.last_success_ts for s in states]),
+        last_failure_ts=_latest([s.last_failure_ts for s in states]),
         last_error=failure.last_error if failure is not None else None,
     )
 

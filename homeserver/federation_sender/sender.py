@@ -277,6 +277,7 @@ class _Queue:
         if moved or expired:
             await sender.refresh_dead_letter_gauge()
         await sender.refresh_backoff_gauge()
+        await sender._destination_changed(self.destination)
 
     async def _delivered(
         self, txn: OutboundTransaction, response: Any, log_prefix: str
@@ -289,9 +290,13 @@ class _Queue:
             self.origin, self.destination, txn.txn_id, rejected, now
         )
         state = await self.store.get_destination(self.destination)
-        if state is None or state.failure_count or state.next_retry_ts is not None:
+        was_failing = state is not None and (
+            state.failure_count > 0 or state.next_retry_ts is not None)
+        if state is None or was_failing:
             await self.store.record_success(self.destination, now)
+        if was_failing:
             await sender.refresh_backoff_gauge()
+            await sender._destination_changed(self.destination)
         sender.sent_transactions += 1
         sender.sent_pdus += len(txn.pdus)
         metrics.transactions_sent.inc()
@@ -366,6 +371,12 @@ class FederationSender:
         #: others; PDUs queued for them are dead-lettered ``untrusted`` unsent
         #: (the client's guard refuses them, see :func:`failure_reason`).
         self.destination_filter: Callable[[str, Collection[str]], set[str]] | None = None
+        #: Called with a destination whose backoff may have begun, ended or
+        #: moved: after a failed attempt that backs off, after a delivery that
+        #: ends a run of failures, and when the peer is seen or reset (room
+        #: discovery folds this into the peer's health at once). Awaited in
+        #: the queue's task; an exception is logged, never raised.
+        self.destination_listeners: list[Callable[[str], Awaitable[None]]] = []
         #: Whether ``origin`` may not send now (a suspended tenant): its
         #: queues stop without dead-lettering anything and start again on
         #: the next sweep once it answers False.
@@ -531,6 +542,18 @@ class FederationSender:
             await store.reset_backoff([destination])
         for q in backing_off:
             q.end_backoff()
+        await self._destination_changed(destination)
+
+    async def _destination_changed(self, destination: str) -> None:
+        for listener in list(self.destination_listeners):
+            try:
+                await listener(destination)
+            except asyncio.CancelledError:
+                raise
+            except StorageError as e:
+                logger.warning("TX [%s] destination listener: %s", destination, e)
+            except Exception:
+                logger.exception("TX [%s] destination listener failed", destination)
 
     async def reset_destination(self, destination: str) -> None:
         """An operator's "retry now": end the backoff and wake every queue to it."""

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 from federation.clock import FakeClock
 from homeserver.discovery.service import discovery_for
 from storage.stores.room_directory import RoomDirectoryStore
 from tests.discovery.helpers import make_room, start_nodes
+from tests.discovery.waiting import REAL_TIME_BOUND_S, until
 from tests.federation_outbound.nodes import link
-
-# The crawl itself travels over real loopback HTTP, so waiting for it is
-# bounded by real time (generous, for a loaded CI machine), never by a count
-# of short sleeps; the schedule under test runs on the FakeClock.
-REAL_TIME_BOUND_S = 30.0
-
-
-async def _until(cond: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + REAL_TIME_BOUND_S
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_background_task_crawls_on_schedule(tmp_path: Path) -> None:
@@ -50,7 +38,7 @@ async def test_background_task_crawls_on_schedule(tmp_path: Path) -> None:
         async def indexed() -> set[str]:
             return await d.store.room_ids("b.test")
 
-        await _until(lambda: _eq(indexed(), {room}), "the first crawl indexed b's room")
+        await until(lambda: _eq(indexed(), {room}), "the first crawl indexed b's room")
         await RoomDirectoryStore(b.hs.database).set_visibility("b.test", room, False,
                                                                clock.time_ms())
         # Before the interval has passed nothing is crawled again...
