@@ -249,11 +249,19 @@ class Discovery:
                 logger.info("Discovery: %s is no longer crawled; its rooms leave the index",
                             peer.server_name)
                 await self.store.forget_peer(peer.server_name)
+                self._forget_metrics(peer.server_name)
         for t in targets.values():
             await self.store.ensure_peer(t.server_name, now)
             if t.local:
                 await self.store.set_state(t.server_name, "online", LOCAL_SOURCE, now)
         return targets
+
+    def _forget_metrics(self, server_name: str) -> None:
+        """A forgotten peer's series go too (peers come and go through the
+        admin API: their labels must not pile up)."""
+        for metric in (self.metrics.rooms_indexed, self.metrics.crawl_duration,
+                       self.metrics.crawl_failures):
+            metric.remove(server_name)
 
     def _gauge_servers(self) -> set[str]:
         return {
@@ -273,6 +281,7 @@ class Discovery:
             return False
         await self.store.set_admin_peer(server_name, False, self._clock.time_ms())
         await self._reconcile()
+        await self._refresh_gauges()
         return True
 
     # -- health -------------------------------------------------------------------------------

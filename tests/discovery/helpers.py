@@ -63,6 +63,8 @@ class SyntheticPeer:
         self.clock = clock
         self.rooms = rooms
         self.requests: list[str] = []
+        #: Endpoints ("version", "keys", "publicRooms") answering 500 for now.
+        self.failing: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -82,19 +84,29 @@ class SyntheticPeer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def _failure(self, endpoint: str) -> web.Response | None:
+        self.requests.append(endpoint)
+        if endpoint not in self.failing:
+            return None
+        return web.json_response({"errcode": "M_UNKNOWN", "error": f"{endpoint} is failing"},
+                                 status=500)
+
     async def _version(self, request: web.Request) -> web.Response:
-        self.requests.append("version")
+        if (failed := self._failure("version")) is not None:
+            return failed
         return web.json_response({"server": {"name": "synthetic", "version": "1"}})
 
     async def _keys(self, request: web.Request) -> web.Response:
-        self.requests.append("keys")
+        if (failed := self._failure("keys")) is not None:
+            return failed
         return web.json_response({
             "server_name": self.server_name, "verify_keys": {},
             "valid_until_ts": self.clock.time_ms() + 86_400_000,
         })
 
     async def _public_rooms(self, request: web.Request) -> web.Response:
-        self.requests.append("publicRooms")
+        if (failed := self._failure("publicRooms")) is not None:
+            return failed
         limit = int(request.query.get("limit", "0"))
         start = int(request.query.get("since", "0"))
         end = len(self.rooms) if not limit else min(len(self.rooms), start + limit)
