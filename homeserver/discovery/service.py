@@ -7,7 +7,16 @@ task (:meth:`Discovery.start`), which probes peers every
 room directory (federation ``publicRooms``, server-server-api "Public Room
 Directory") every ``discovery.crawl_interval`` plus a random jitter. Tests
 and the CLI drive it with :meth:`Discovery.probe_once` and
-:meth:`Discovery.crawl_once`; all timing reads the injected Clock.
+:meth:`Discovery.crawl_once`; all timing reads the injected Clock, and the
+jitter the injected ``rng``.
+
+A peer's state also follows the node's delivery queue: the sender calls
+:meth:`Discovery.delivery_changed` when a backoff towards a destination
+begins or ends, and the peer is re-judged from the probes already stored.
+
+What a tenant's users find is what their tenant would find as a server of
+its own (:meth:`Discovery._visible_to`): its own rooms, servers of its trust
+domain, and another hosted name only if that one trusts it back.
 
 Which servers are crawled (:meth:`Discovery.targets`):
 
@@ -486,20 +495,39 @@ class Discovery:
 
     # -- search -------------------------------------------------------------------------------
 
+    def _visible_to(self, tenant: str, server: str, hosted: set[str]) -> bool:
+        """Whether ``tenant``'s users may see ``server``'s rooms: as if the
+        tenant were a server of its own, which finds a room directory only
+        where it may send a request and the other side answers it.
+
+        - its own name: always;
+        - any other server only in the tenant's trust domain;
+        - another hosted name also only if that name's trust domain has the
+          tenant (its directory is read in-process, so its inbound check,
+          which would refuse the tenant's request, is made here).
+        """
+        if server == tenant:
+            return True
+        policy = self._policy(tenant)
+        if policy is not None and not policy.allows(server):
+            return False
+        if server in hosted:
+            other = self._policy(server)
+            return other is None or other.allows(tenant)
+        return True
+
     async def _visible_servers(self, tenant: str | None) -> dict[str, str]:
-        """Indexed servers whose rooms a user of ``tenant`` may see, with their
-        health: not dropped (offline past the threshold), and in the tenant's
-        trust domain."""
+        """Indexed servers whose rooms a user of ``tenant`` may see (None:
+        every one), with their health: not dropped (offline past the
+        threshold), and visible to the tenant (:meth:`_visible_to`)."""
         now = self._clock.time_ms()
         hosted = set(self._hosted_names())
         out = {}
         for p in await self.store.list_peers():
             if self._dropped(p.state, p.state_since_ts, now):
                 continue
-            if tenant is not None and p.server_name not in hosted:
-                policy = self._policy(tenant)
-                if policy is not None and not policy.allows(p.server_name):
-                    continue
+            if tenant is not None and not self._visible_to(tenant, p.server_name, hosted):
+                continue
             out[p.server_name] = p.state
         return out
 

@@ -36,21 +36,25 @@ async def start_nodes(
 
 
 async def make_room(
-    node: Node, user: str, name: str, *, topic: str | None = None, public: bool = True
+    node: Node, user: str, name: str, *, topic: str | None = None, public: bool = True,
+    tenant: str | None = None,
 ) -> str:
-    room_id = await node.create_room(user, ROOM_V11)
+    """A named room of ``tenant`` (default: the node's own name, whose rows
+    live in the node's database: a shared tenant's do too)."""
+    tenant = tenant or node.name
+    room_id = await node.create_room(user, ROOM_V11, tenant)
     await node.creation.create_event(
-        node.name, room_id, event_type="m.room.name", sender=user, state_key="",
+        tenant, room_id, event_type="m.room.name", sender=user, state_key="",
         content={"name": name},
     )
     if topic is not None:
         await node.creation.create_event(
-            node.name, room_id, event_type="m.room.topic", sender=user, state_key="",
+            tenant, room_id, event_type="m.room.topic", sender=user, state_key="",
             content={"topic": topic},
         )
     if public:
         await RoomDirectoryStore(node.hs.database).set_visibility(
-            node.name, room_id, True, node.hs.clock.time_ms()
+            tenant, room_id, True, node.hs.clock.time_ms()
         )
     return room_id
 

@@ -2,7 +2,8 @@
 
 ``GET /_concord/client/v1/discovery/rooms?q=&limit=&since=&server=&sort=``
 (docs/usage/room_discovery.md). Needs an access token of any tenant; a
-tenant's users see only servers in that tenant's trust domain. Answers
+tenant's users see its own rooms and those of servers in its trust domain
+(another hosted name only if that one trusts the tenant too). Answers
 ``{"chunk": [...], "next_batch"?, "total_room_count_estimate"}``: each room
 has the spec's ``PublishedRoomsChunk`` fields plus ``server`` (the directory
 that lists it, a server to join through), ``server_health`` and
