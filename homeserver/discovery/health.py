@@ -12,8 +12,11 @@ Over the probes of the rolling window, oldest first:
 - the last ``offline_failures`` probes all failed: ``offline``;
 - any failure in the window, stale keys on the last probe, a median latency
   above ``degraded_latency_ms``, or the delivery queue backing off from the
-  destination: ``degraded``;
+  destination (``delivery_error``, its last error): ``degraded``;
 - otherwise ``online``.
+
+The service evaluates after every probe, and again whenever the delivery
+queue's view of the destination changes (no new probe then).
 """
 
 from __future__ import annotations
