@@ -341,16 +341,21 @@ class Discovery:
             t.server_name, ProbeRecord(now, ok, fresh, latency, error),
             keep_after_ts=now - self.config.health_window,
         )
-        found = await self._evaluate(t.server_name)
+        # The window ends at this probe, however long it took.
+        found = await self._evaluate(t.server_name, now)
         assert found is not None  # the probe just stored is in the window
         return found[0]
 
-    async def _evaluate(self, server_name: str) -> tuple[str, bool] | None:
-        """Store the state the window's probes and the delivery queue give
-        ``server_name``: ``(state, changed)``; None (nothing stored) when no
-        probe is in the window, since only a probe can say a peer is up."""
+    async def _evaluate(
+        self, server_name: str, now: int | None = None
+    ) -> tuple[str, bool] | None:
+        """Store the state the probes of the window ending at ``now`` (default:
+        the clock's time) and the delivery queue give ``server_name``:
+        ``(state, changed)``; None (nothing stored) when no probe is in the
+        window, since only a probe can say a peer is up."""
         async with self._state_lock:
-            now = self._clock.time_ms()
+            if now is None:
+                now = self._clock.time_ms()
             probes = await self.store.probes_since(server_name, now - self.config.health_window)
             if not probes:
                 return None

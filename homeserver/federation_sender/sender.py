@@ -374,8 +374,9 @@ class FederationSender:
         #: Called with a destination whose backoff may have begun, ended or
         #: moved: after a failed attempt that backs off, after a delivery that
         #: ends a run of failures, and when the peer is seen or reset (room
-        #: discovery folds this into the peer's health at once). Awaited in
-        #: the queue's task; an exception is logged, never raised.
+        #: discovery folds this into the peer's health at once). Awaited by
+        #: the queue's task (or the request that saw the peer), so keep it
+        #: short; an exception is logged, never raised.
         self.destination_listeners: list[Callable[[str], Awaitable[None]]] = []
         #: Whether ``origin`` may not send now (a suspended tenant): its
         #: queues stop without dead-lettering anything and start again on
