@@ -49,12 +49,19 @@ def _encode(direction: str, key: _Key) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+#: Longer than any token of ours (a room ID is at most 255 bytes), and short
+#: enough that no JSON nested in it can reach the parser's recursion limit.
+MAX_TOKEN_CHARS = 512
+
+
 def _decode(token: str) -> tuple[str, _Key]:
     bad = MatrixError(400, Codes.INVALID_PARAM, "since is not a pagination token of ours")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         direction, members, room_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise bad from None
     if direction not in ("n", "p") or type(members) is not int or not isinstance(room_id, str):
         raise bad
