@@ -152,14 +152,18 @@ class PublishedDirectory:
             "guest_can_join": content("m.room.guest_access").get("guest_access") == "can_join",
             "join_rule": content("m.room.join_rules").get("join_rule", "invite"),
         }
-        for key, event_type, field in (
-            ("name", "m.room.name", "name"),
-            ("topic", "m.room.topic", "topic"),
-            ("canonical_alias", "m.room.canonical_alias", "alias"),
-            ("avatar_url", "m.room.avatar", "url"),
+        # An empty name or topic is unset (m.room.name, m.room.topic). The
+        # chunk's canonical_alias and avatar_url have patterns (``^#``,
+        # ``^mxc://``) that state content need not meet: such values are left
+        # out rather than served against the schema.
+        for key, event_type, field, prefix in (
+            ("name", "m.room.name", "name", ""),
+            ("topic", "m.room.topic", "topic", ""),
+            ("canonical_alias", "m.room.canonical_alias", "alias", "#"),
+            ("avatar_url", "m.room.avatar", "url", "mxc://"),
         ):
             value = content(event_type).get(field)
-            if isinstance(value, str) and value:
+            if isinstance(value, str) and value and value.startswith(prefix):
                 summary[key] = value
         room_type = content("m.room.create").get("type")
         if isinstance(room_type, str):
