@@ -41,6 +41,10 @@ class StateReader(Protocol):
     async def get_events(self, tenant: str, event_ids: Collection[str]) -> Mapping[str, Any]: ...
 
 
+#: What ``generic_search_term`` is looked for in ("room metadata, e.g. name,
+#: topic, canonical alias"), case-insensitively.
+SEARCHED_FIELDS = ("name", "topic", "canonical_alias")
+
 _Key = tuple[int, str]  # (-num_joined_members, room_id): ascending is the directory order
 
 
@@ -101,11 +105,12 @@ class PublishedDirectory:
             return {"chunk": [], "total_room_count_estimate": 0}
         entries = await self.summaries(tenant)
         if search_term:
+            # The room's metadata only: a room ID (which may end in the
+            # server name) would match every room for a piece of the domain.
             term = search_term.casefold()
             entries = [
                 c for c in entries
-                if any(term in str(c.get(k, "")).casefold()
-                       for k in ("name", "topic", "canonical_alias", "room_id"))
+                if any(term in str(c.get(k, "")).casefold() for k in SEARCHED_FIELDS)
             ]
         if room_types is not None:
             wanted = set(room_types)
