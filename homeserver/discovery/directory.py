@@ -112,7 +112,8 @@ class PublishedDirectory:
                 c for c in entries
                 if any(term in str(c.get(k, "")).casefold() for k in SEARCHED_FIELDS)
             ]
-        if room_types is not None:
+        if room_types:
+            # MSC3827: an empty list, like none, is every room whatever its type.
             wanted = set(room_types)
             entries = [c for c in entries if c.get("room_type") in wanted]
         keys = [(-int(c["num_joined_members"]), str(c["room_id"])) for c in entries]
