@@ -5,8 +5,13 @@ the ``PublishedRoomsChunk`` of client-server ``public_rooms_chunk.yaml``:
 ``room_id``, ``num_joined_members``, ``world_readable`` and
 ``guest_can_join`` always; ``name``, ``topic``, ``canonical_alias``,
 ``avatar_url``, ``join_rule`` and ``room_type`` when set. The federation
-servlet answers from :meth:`PublishedDirectory.page`; the discovery crawler
-indexes this node's own tenants from it too, without HTTP.
+servlet and the client API's ``publicRooms`` of the tenant itself answer
+from :meth:`PublishedDirectory.page`; the discovery crawler indexes this
+node's own tenants from it too, without HTTP.
+
+:class:`DirectoryRequest` is what either API's ``GET``/``POST
+/publicRooms`` asks, checked once for both (a bad one is ``400
+M_INVALID_PARAM`` before anything is read or sent on to another server).
 
 Order: largest joined member count first, then room ID (the spec's
 recommended order). Tokens are keyset positions, not offsets: ``next_batch``
@@ -20,12 +25,101 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from federation.errors import Codes, MatrixError
 
-__all__ = ["PublishedDirectory", "PublishedRooms", "StateReader"]
+__all__ = ["DirectoryRequest", "PublishedDirectory", "PublishedRooms", "StateReader"]
+
+
+def _bad(message: str) -> MatrixError:
+    return MatrixError(400, Codes.INVALID_PARAM, message)
+
+
+@dataclass(frozen=True)
+class DirectoryRequest:
+    """One ``publicRooms`` request, checked (``public_rooms.yaml`` of both APIs)."""
+
+    #: 0 or None: no limit.
+    limit: int | None = None
+    since: str | None = None
+    search_term: str | None = None
+    #: None or empty: every room (MSC3827); None in it: rooms without a type.
+    room_types: tuple[str | None, ...] | None = None
+    include_all_networks: bool = False
+    third_party_instance_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Spec: third_party_instance_id "can only be used if
+        # include_all_networks is false".
+        if self.include_all_networks and self.third_party_instance_id is not None:
+            raise _bad("third_party_instance_id cannot be used with include_all_networks")
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> DirectoryRequest:
+        """A ``GET``'s query string."""
+        limit = query.get("limit")
+        if limit is not None:
+            try:
+                parsed = int(limit)
+            except ValueError:
+                raise _bad("limit must be an integer") from None
+            if parsed < 0:
+                raise _bad("limit must be a non-negative integer")
+        networks = query.get("include_all_networks")
+        if networks not in (None, "true", "false"):
+            raise _bad("include_all_networks must be true or false")
+        return cls(
+            limit=None if limit is None else parsed, since=query.get("since"),
+            include_all_networks=networks == "true",
+            third_party_instance_id=query.get("third_party_instance_id"),
+        )
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> DirectoryRequest:
+        """A ``POST``'s JSON body."""
+        limit = body.get("limit")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise _bad("limit must be a non-negative integer")
+        since = body.get("since")
+        if since is not None and not isinstance(since, str):
+            raise _bad("since must be a string")
+        flt = body.get("filter")
+        if flt is None:
+            flt = {}
+        if not isinstance(flt, Mapping):
+            raise _bad("filter must be an object")
+        term = flt.get("generic_search_term")
+        if term is not None and not isinstance(term, str):
+            raise _bad("generic_search_term must be a string")
+        types = flt.get("room_types")
+        if types is not None and (
+            not isinstance(types, list)
+            or not all(t is None or isinstance(t, str) for t in types)
+        ):
+            raise _bad("room_types must be a list of strings and nulls")
+        networks = body.get("include_all_networks", False)
+        if not isinstance(networks, bool):
+            raise _bad("include_all_networks must be a boolean")
+        instance = body.get("third_party_instance_id")
+        if instance is not None and not isinstance(instance, str):
+            raise _bad("third_party_instance_id must be a string")
+        return cls(
+            limit=limit, since=since, search_term=term,
+            room_types=None if types is None else tuple(types),
+            include_all_networks=networks, third_party_instance_id=instance,
+        )
+
+    def search_filter(self) -> dict[str, Any]:
+        """The ``filter`` to send on to another server (empty: no filter)."""
+        out: dict[str, Any] = {}
+        if self.search_term:
+            out["generic_search_term"] = self.search_term
+        if self.room_types:
+            out["room_types"] = list(self.room_types)
+        return out
 
 
 class PublishedRooms(Protocol):
@@ -89,18 +183,16 @@ class PublishedDirectory:
         return out
 
     async def page(
-        self,
-        tenant: str,
-        *,
-        limit: int | None,
-        since: str | None,
-        search_term: str | None = None,
-        room_types: Sequence[str | None] | None = None,
-        third_party_instance_id: str | None = None,
+        self, tenant: str, request: DirectoryRequest, *, max_limit: int | None = None
     ) -> dict[str, Any]:
-        """One page of the directory (``limit`` 0 or None: every room)."""
+        """One page of the directory: ``request.limit`` rooms (0 or None:
+        every room), at most ``max_limit`` if given."""
+        since, search_term, room_types = request.since, request.search_term, request.room_types
+        limit = request.limit
+        if max_limit is not None:
+            limit = min(limit or max_limit, max_limit)
         direction, key = _decode(since) if since else ("n", None)
-        if third_party_instance_id is not None:
+        if request.third_party_instance_id is not None:
             # No application services bridge networks into this directory.
             return {"chunk": [], "total_room_count_estimate": 0}
         entries = await self.summaries(tenant)

@@ -10,13 +10,13 @@ alias or directory of another server is asked over federation
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from federation.auth_rules import get_power_level, get_send_level
 from federation.clock import Clock
 from federation.errors import Codes, MatrixError
 from federation.event_format import is_valid_server_name
+from homeserver.discovery.directory import DirectoryRequest, PublishedDirectory
 from homeserver.handlers.client_stores import TenantStores
 from homeserver.handlers.remote_rooms import RemoteRooms
 from homeserver.handlers.room_access import check_room_id, require_joined
@@ -25,6 +25,7 @@ __all__ = ["DirectoryHandler", "parse_room_alias"]
 
 JsonDict = dict[str, Any]
 MAX_ALIAS_BYTES = 255
+#: Rooms in one page of this server's own directory for a client, whatever it asks.
 MAX_PUBLIC_ROOMS_LIMIT = 500
 
 
@@ -139,83 +140,18 @@ class DirectoryHandler:
     # publicRooms
 
     async def public_rooms(
-        self, ts: TenantStores, *, server: str | None, limit: Any, since: Any,
-        search_filter: Any, include_all_networks: Any = False,
-        third_party_instance_id: Any = None,
+        self, ts: TenantStores, server: str | None, request: DirectoryRequest
     ) -> JsonDict:
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                                  or limit < 0):
-            raise MatrixError(400, Codes.INVALID_PARAM, "limit must be a non-negative integer")
-        if since is not None and not isinstance(since, str):
-            raise MatrixError(400, Codes.INVALID_PARAM, "since must be a string")
-        if search_filter is not None and not isinstance(search_filter, Mapping):
-            raise MatrixError(400, Codes.INVALID_PARAM, "filter must be an object")
-        term = (search_filter or {}).get("generic_search_term")
-        if term is not None and not isinstance(term, str):
-            raise MatrixError(400, Codes.INVALID_PARAM, "generic_search_term must be a string")
+        """This tenant's directory, or (``server`` another server) that
+        server's, asked live over federation with the request as checked here."""
         if server is not None and server != ts.server_name:
             if not is_valid_server_name(server):
                 raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid server name {server!r}")
             return await self._remote.remote_public_rooms(
-                ts.server_name, server, limit=limit, since=since,
-                search_filter=search_filter, include_all_networks=bool(include_all_networks),
-                third_party_instance_id=third_party_instance_id,
+                ts.server_name, server, limit=request.limit, since=request.since,
+                search_filter=request.search_filter(),
+                include_all_networks=request.include_all_networks,
+                third_party_instance_id=request.third_party_instance_id,
             )
-        offset = 0
-        if since is not None:
-            if not since.startswith("p") or not since[1:].isdigit():
-                raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid since token {since!r}")
-            offset = int(since[1:])
-        rooms = [await self._room_entry(ts, rid)
-                 for rid in await ts.s.directory.public_room_ids(ts.server_name)]
-        entries = [r for r in rooms if r is not None]
-        if term:
-            needle = term.casefold()
-            entries = [
-                e for e in entries
-                if any(needle in str(e.get(k, "")).casefold()
-                       for k in ("name", "topic", "canonical_alias"))
-            ]
-        entries.sort(key=lambda e: (-int(e["num_joined_members"]), e["room_id"]))
-        page = min(limit if limit else MAX_PUBLIC_ROOMS_LIMIT, MAX_PUBLIC_ROOMS_LIMIT)
-        chunk = entries[offset:offset + page]
-        out: JsonDict = {"chunk": chunk, "total_room_count_estimate": len(entries)}
-        if offset + page < len(entries):
-            out["next_batch"] = f"p{offset + page}"
-        if offset > 0:
-            out["prev_batch"] = f"p{max(0, offset - page)}"
-        return out
-
-    async def _room_entry(self, ts: TenantStores, room_id: str) -> JsonDict | None:
-        state = await ts.s.events.state.get_current_state(ts.server_name, room_id)
-        if not state:
-            return None
-        wanted = {
-            k: v for k, v in state.items()
-            if k[0] in ("m.room.name", "m.room.topic", "m.room.canonical_alias",
-                        "m.room.avatar", "m.room.join_rules", "m.room.history_visibility",
-                        "m.room.guest_access", "m.room.create") and k[1] == ""
-        }
-        loaded = await ts.s.events.get_events(ts.server_name, wanted.values())
-        content = {k[0]: dict(loaded[v].content) for k, v in wanted.items() if v in loaded}
-        members = [eid for (t, _), eid in state.items() if t == "m.room.member"]
-        mevents = await ts.s.events.get_events(ts.server_name, members)
-        joined = sum(1 for e in mevents.values() if e.content.get("membership") == "join")
-        entry: JsonDict = {
-            "room_id": room_id,
-            "num_joined_members": joined,
-            "world_readable": content.get("m.room.history_visibility", {}).get(
-                "history_visibility") == "world_readable",
-            "guest_can_join": content.get("m.room.guest_access", {}).get(
-                "guest_access") == "can_join",
-            "join_rule": content.get("m.room.join_rules", {}).get("join_rule", "invite"),
-        }
-        for key, etype, field in (
-            ("name", "m.room.name", "name"), ("topic", "m.room.topic", "topic"),
-            ("canonical_alias", "m.room.canonical_alias", "alias"),
-            ("avatar_url", "m.room.avatar", "url"), ("room_type", "m.room.create", "type"),
-        ):
-            value = content.get(etype, {}).get(field)
-            if isinstance(value, str):
-                entry[key] = value
-        return entry
+        return await PublishedDirectory(ts.s.events, ts.s.directory).page(
+            ts.server_name, request, max_limit=MAX_PUBLIC_ROOMS_LIMIT)

@@ -36,7 +36,7 @@ from federation.hashes import compute_room_id
 from federation.keyring import Keyring
 from federation.redaction import redact
 from federation.room_versions import RoomVersion, get_room_version
-from homeserver.discovery.directory import PublishedDirectory
+from homeserver.discovery.directory import DirectoryRequest, PublishedDirectory
 from homeserver.handlers.event_creation import MAX_PREV_EVENTS
 from homeserver.handlers.event_receipt import (
     EventReceiptHandler,
@@ -643,19 +643,7 @@ class FederationServer:
 
     # -- public rooms ---------------------------------------------------------------------------
 
-    async def public_rooms(
-        self,
-        tenant: str,
-        *,
-        limit: int | None,
-        since: str | None,
-        search_term: str | None = None,
-        room_types: Sequence[str | None] | None = None,
-        third_party_instance_id: str | None = None,
-    ) -> dict[str, Any]:
+    async def public_rooms(self, tenant: str, request: DirectoryRequest) -> dict[str, Any]:
         """``GET``/``POST /publicRooms``: the tenant's published rooms, largest
         first, with keyset pagination tokens (homeserver/discovery/directory.py)."""
-        return await PublishedDirectory(self._events, self._published).page(
-            tenant, limit=limit, since=since, search_term=search_term, room_types=room_types,
-            third_party_instance_id=third_party_instance_id,
-        )
+        return await PublishedDirectory(self._events, self._published).page(tenant, request)

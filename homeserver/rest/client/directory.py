@@ -13,10 +13,11 @@ from aiohttp import web
 
 from federation.errors import Codes, MatrixError
 from homeserver.auth import access_token_from
+from homeserver.discovery.directory import DirectoryRequest
 from homeserver.http.json import JsonDict, read_json_body
 from homeserver.http.servlet import Servlet
 from homeserver.http.tenant_routing import request_tenant
-from homeserver.rest.client._params import body_str, query_int
+from homeserver.rest.client._params import body_str
 from homeserver.rest.client.client_api import ClientAPI, client_api, client_patterns
 
 if TYPE_CHECKING:
@@ -93,22 +94,14 @@ class PublicRoomsServlet(_Base):
                 raise MatrixError(401, Codes.MISSING_TOKEN,
                                   "Listing another server's public rooms needs an access token")
             ts = await self.api.stores_for_tenant(tenant)
-        limit = request.query.get("limit")
         return 200, await self.api.directory.public_rooms(
-            ts, server=server,
-            limit=None if limit is None else query_int(request, "limit", 0),
-            since=request.query.get("since"), search_filter=None,
-        )
+            ts, server, DirectoryRequest.from_query(request.query))
 
     async def on_POST(self, request: web.Request) -> Result:
         _, ts = await self.api.auth(request)
         body = await read_json_body(request, allow_empty=True)
         return 200, await self.api.directory.public_rooms(
-            ts, server=request.query.get("server"), limit=body.get("limit"),
-            since=body.get("since"), search_filter=body.get("filter"),
-            include_all_networks=body.get("include_all_networks", False),
-            third_party_instance_id=body.get("third_party_instance_id"),
-        )
+            ts, request.query.get("server"), DirectoryRequest.from_body(body))
 
 
 def register(app: web.Application, hs: HomeServer) -> None:
