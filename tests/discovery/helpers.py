@@ -9,10 +9,11 @@ generated directory, so 500 rooms cost no event graph.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from federation.clock import FakeClock
@@ -119,3 +120,90 @@ class SyntheticPeer:
         if end < len(self.rooms):
             body["next_batch"] = str(end)
         return web.json_response(body)
+
+
+#: Both listeners: the directory tests speak the client API and federation.
+CLIENT_AND_FEDERATION = [
+    {"type": "federation", "port": 0, "bind_addresses": ["127.0.0.1"]},
+    {"type": "client", "port": 0, "bind_addresses": ["127.0.0.1"]},
+]
+
+
+async def start_client_node(
+    d: Path, name: str, clock: FakeClock, database_url: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Node:
+    """A node with a client listener too; no discovery task (nothing runs in
+    the background), cheap password hashes."""
+    config: dict[str, Any] = {"listeners": CLIENT_AND_FEDERATION, "password_hash_rounds": 4,
+                              "discovery": {"enabled": False}}
+    config.update(extra or {})
+    return await start_node(d, name, clock, database_url, extra=config)
+
+
+class ClientUser:
+    """A registered user of a node, calling its client API over loopback."""
+
+    def __init__(self, http: aiohttp.ClientSession, node: Node, user_id: str,
+                 token: str) -> None:
+        self.http = http
+        self.node = node
+        self.user_id = user_id
+        self.token = token
+
+    async def call(self, method: str, path: str, body: Any = None, *,
+                   params: dict[str, str] | None = None) -> tuple[int, Any]:
+        if not path.startswith("/_"):
+            path = "/_matrix/client/v3" + path
+        kw: dict[str, Any] = {"headers": {"Authorization": f"Bearer {self.token}"},
+                              "params": params}
+        if body is not None:
+            kw["json"] = body
+        async with self.http.request(method, self.node.hs.base_url("client") + path,
+                                     **kw) as resp:
+            return resp.status, await resp.json()
+
+    async def ok(self, method: str, path: str, body: Any = None, *,
+                 params: dict[str, str] | None = None) -> Any:
+        status, got = await self.call(method, path, body, params=params)
+        assert status == 200, (method, path, params, status, got)
+        return got
+
+
+async def client_user(http: aiohttp.ClientSession, node: Node, localpart: str) -> ClientUser:
+    hs = node.hs
+    user_id, login = await hs.accounts.register(hs.tenants.primary, localpart,
+                                                f"{localpart}-pass-1")
+    assert login is not None
+    return ClientUser(http, node, user_id, login.access_token)
+
+
+async def walk_both_ways(
+    fetch: Callable[[str | None], Awaitable[dict[str, Any]]],
+) -> list[list[str]]:
+    """Pages a ``publicRooms`` listing forward with ``next_batch`` from the
+    start, then back with ``prev_batch`` from the last page, and returns the
+    forward pages (room IDs).
+
+    Asserts what the spec's tokens promise: no ``prev_batch`` on the first
+    page, no ``next_batch`` on the last, each room exactly once, and paging
+    back gives the same pages as paging forward.
+    """
+    forward: list[dict[str, Any]] = [await fetch(None)]
+    assert "prev_batch" not in forward[0], forward[0]
+    while "next_batch" in forward[-1]:
+        assert len(forward) < 100, "next_batch never ends"
+        forward.append(await fetch(forward[-1]["next_batch"]))
+        assert "prev_batch" in forward[-1], forward[-1]
+    pages = [[str(r["room_id"]) for r in body["chunk"]] for body in forward]
+    flat = [r for page in pages for r in page]
+    assert len(flat) == len(set(flat)), pages
+    back = [pages[-1]]
+    body = forward[-1]
+    while "prev_batch" in body:
+        assert len(back) <= len(pages), "prev_batch never ends"
+        body = await fetch(body["prev_batch"])
+        back.append([str(r["room_id"]) for r in body["chunk"]])
+        assert "next_batch" in body, body
+    assert back[::-1] == pages
+    return pages

@@ -17,6 +17,14 @@ async def peer_joins(node: Node, peer: Peer, rv: RoomVersion, **room_kw: Any
     Returns the room ID, the signed join as sent, and the send_join response.
     """
     room_id = await node.create_room(rv, **room_kw)
+    join, resp = await peer_join(peer, room_id, rv)
+    return room_id, join, resp
+
+
+async def peer_join(peer: Peer, room_id: str, rv: RoomVersion
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The peer's user joins ``room_id`` with make_join/send_join: the signed
+    join as sent, and the send_join response."""
     status, tmpl = await peer.request("GET", room_path("v1/make_join", room_id, PEER_USER),
                                       query=VERS)
     assert status == 200, tmpl
@@ -24,7 +32,7 @@ async def peer_joins(node: Node, peer: Peer, rv: RoomVersion, **room_kw: Any
     eid = peer.event_id(join, rv)
     status, resp = await peer.request("PUT", room_path("v2/send_join", room_id, eid), join)
     assert status == 200, resp
-    return room_id, join, resp
+    return join, resp
 
 
 async def send_txn(peer: Peer, txn_id: str, pdus: list[dict[str, Any]],
