@@ -19,6 +19,7 @@ from aiohttp import web
 from federation.clock import FakeClock
 from federation.room_versions import ROOM_V11
 from storage.stores.room_directory import RoomDirectoryStore
+from tests.client.conftest import Client
 from tests.federation_outbound.nodes import Node, start_node
 
 
@@ -141,41 +142,13 @@ async def start_client_node(
     return await start_node(d, name, clock, database_url, extra=config)
 
 
-class ClientUser:
-    """A registered user of a node, calling its client API over loopback."""
-
-    def __init__(self, http: aiohttp.ClientSession, node: Node, user_id: str,
-                 token: str) -> None:
-        self.http = http
-        self.node = node
-        self.user_id = user_id
-        self.token = token
-
-    async def call(self, method: str, path: str, body: Any = None, *,
-                   params: dict[str, str] | None = None) -> tuple[int, Any]:
-        if not path.startswith("/_"):
-            path = "/_matrix/client/v3" + path
-        kw: dict[str, Any] = {"headers": {"Authorization": f"Bearer {self.token}"},
-                              "params": params}
-        if body is not None:
-            kw["json"] = body
-        async with self.http.request(method, self.node.hs.base_url("client") + path,
-                                     **kw) as resp:
-            return resp.status, await resp.json()
-
-    async def ok(self, method: str, path: str, body: Any = None, *,
-                 params: dict[str, str] | None = None) -> Any:
-        status, got = await self.call(method, path, body, params=params)
-        assert status == 200, (method, path, params, status, got)
-        return got
-
-
-async def client_user(http: aiohttp.ClientSession, node: Node, localpart: str) -> ClientUser:
+async def client_user(http: aiohttp.ClientSession, node: Node, localpart: str) -> Client:
+    """A user registered on ``node``, calling its client API over loopback."""
     hs = node.hs
     user_id, login = await hs.accounts.register(hs.tenants.primary, localpart,
                                                 f"{localpart}-pass-1")
     assert login is not None
-    return ClientUser(http, node, user_id, login.access_token)
+    return Client(http, hs.base_url("client"), user_id, login.access_token)
 
 
 async def walk_both_ways(

@@ -25,8 +25,8 @@ import aiohttp
 import pytest
 
 from federation.clock import FakeClock
+from tests.client.conftest import Client
 from tests.discovery.helpers import (
-    ClientUser,
     SyntheticPeer,
     client_user,
     start_client_node,
@@ -42,10 +42,10 @@ class World:
     a: Node
     b: Node
     #: A user of a.test, asking for other servers' directories.
-    alice: ClientUser
+    alice: Client
     #: b.test's room owner, and a user of b.test asking its own directory.
-    owner: ClientUser
-    bob: ClientUser
+    owner: Client
+    bob: Client
     rooms: dict[str, str]
     old: SyntheticPeer
     untrusted: SyntheticPeer
@@ -75,7 +75,7 @@ async def world(tmp_path: Path, database_url: str) -> AsyncIterator[World]:
         owner, bob, u1, u2 = [await client_user(http, b, n)
                               for n in ("owner", "bob", "u1", "u2")]
 
-        async def create(*joiners: ClientUser, **body: Any) -> str:
+        async def create(*joiners: Client, **body: Any) -> str:
             room = str((await owner.ok("POST", "/createRoom", {
                 "preset": "public_chat", "visibility": "public", **body}))["room_id"])
             for user in joiners:

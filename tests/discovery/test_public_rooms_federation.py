@@ -28,7 +28,8 @@ from aiohttp import web
 from federation.clock import FakeClock
 from federation.room_versions import get_room_version
 from storage.stores.room_directory import RoomDirectoryStore
-from tests.discovery.helpers import ClientUser, client_user, start_client_node, walk_both_ways
+from tests.client.conftest import Client
+from tests.discovery.helpers import client_user, start_client_node, walk_both_ways
 from tests.federation_inbound.helpers import peer_join
 from tests.federation_inbound.peer import NODE, PEER, Peer
 from tests.federation_outbound.nodes import Node
@@ -40,23 +41,23 @@ P = "/_matrix/federation/v1/publicRooms"
 class World:
     node: Node
     peer: Peer
-    alice: ClientUser
-    bob: ClientUser
-    carol: ClientUser
-    dave: ClientUser
+    alice: Client
+    bob: Client
+    carol: Client
+    dave: Client
     #: Published rooms by label: full, space, game, bare.
     rooms: dict[str, str]
     #: Rooms that must never be listed: never published, and unpublished.
     hidden: list[str]
 
 
-async def _put_state(user: ClientUser, room: str, event_type: str, content: dict[str, Any],
+async def _put_state(user: Client, room: str, event_type: str, content: dict[str, Any],
                      state_key: str = "") -> None:
     await user.ok("PUT", f"/rooms/{quote(room)}/state/{event_type}/{quote(state_key)}",
                   content)
 
 
-async def _join(user: ClientUser, room: str) -> None:
+async def _join(user: Client, room: str) -> None:
     await user.ok("POST", f"/join/{quote(room)}", {})
 
 
