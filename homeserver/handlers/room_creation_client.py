@@ -185,8 +185,11 @@ class RoomCreationClientHandler:
             if name is not None:
                 await send("m.room.name", {"name": name})
             if topic is not None:
+                # m.topic is a TopicContentBlock (spec v1.15): an object
+                # holding the m.text representations, not a bare list.
                 await send("m.room.topic", {
-                    "topic": topic, "m.topic": [{"body": topic, "mimetype": "text/plain"}],
+                    "topic": topic,
+                    "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]},
                 })
             for u in invitees:
                 if u.endswith(":" + tenant):

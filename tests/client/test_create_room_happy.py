@@ -64,6 +64,15 @@ async def test_default_room_version_is_12(node: Node) -> None:
     assert caps["capabilities"]["m.room_versions"]["default"] == "12"
 
 
+async def test_topic_content_block(node: Node) -> None:
+    alice = await node.user("alice")
+    room = await alice.create_room(topic="Tomatoes & compost")
+    assert await state(alice, room, "m.room.topic") == {
+        "topic": "Tomatoes & compost",
+        "m.topic": {"m.text": [{"body": "Tomatoes & compost", "mimetype": "text/plain"}]},
+    }
+
+
 async def test_versions_body(node: Node) -> None:
     async with node.session.get(node.base + "/_matrix/client/versions") as r:
         assert r.status == 200
