@@ -10,7 +10,8 @@ from :meth:`PublishedDirectory.page`; the discovery crawler indexes this
 node's own tenants from it too, without HTTP.
 
 :class:`DirectoryRequest` is what either API's ``GET``/``POST
-/publicRooms`` asks, checked once for both (a bad one is ``400
+/publicRooms`` asks; homeserver/rest/public_rooms.py reads it from the
+query string or body, checked once for both (a bad one is ``400
 M_INVALID_PARAM`` before anything is read or sent on to another server).
 
 Order: largest joined member count first, then room ID (the spec's
@@ -56,61 +57,6 @@ class DirectoryRequest:
         # include_all_networks is false".
         if self.include_all_networks and self.third_party_instance_id is not None:
             raise _bad("third_party_instance_id cannot be used with include_all_networks")
-
-    @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> DirectoryRequest:
-        """A ``GET``'s query string."""
-        limit = query.get("limit")
-        if limit is not None:
-            try:
-                parsed = int(limit)
-            except ValueError:
-                raise _bad("limit must be an integer") from None
-            if parsed < 0:
-                raise _bad("limit must be a non-negative integer")
-        networks = query.get("include_all_networks")
-        if networks not in (None, "true", "false"):
-            raise _bad("include_all_networks must be true or false")
-        return cls(
-            limit=None if limit is None else parsed, since=query.get("since"),
-            include_all_networks=networks == "true",
-            third_party_instance_id=query.get("third_party_instance_id"),
-        )
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> DirectoryRequest:
-        """A ``POST``'s JSON body."""
-        limit = body.get("limit")
-        if limit is not None and (type(limit) is not int or limit < 0):
-            raise _bad("limit must be a non-negative integer")
-        since = body.get("since")
-        if since is not None and not isinstance(since, str):
-            raise _bad("since must be a string")
-        flt = body.get("filter")
-        if flt is None:
-            flt = {}
-        if not isinstance(flt, Mapping):
-            raise _bad("filter must be an object")
-        term = flt.get("generic_search_term")
-        if term is not None and not isinstance(term, str):
-            raise _bad("generic_search_term must be a string")
-        types = flt.get("room_types")
-        if types is not None and (
-            not isinstance(types, list)
-            or not all(t is None or isinstance(t, str) for t in types)
-        ):
-            raise _bad("room_types must be a list of strings and nulls")
-        networks = body.get("include_all_networks", False)
-        if not isinstance(networks, bool):
-            raise _bad("include_all_networks must be a boolean")
-        instance = body.get("third_party_instance_id")
-        if instance is not None and not isinstance(instance, str):
-            raise _bad("third_party_instance_id must be a string")
-        return cls(
-            limit=limit, since=since, search_term=term,
-            room_types=None if types is None else tuple(types),
-            include_all_networks=networks, third_party_instance_id=instance,
-        )
 
     def search_filter(self) -> dict[str, Any]:
         """The ``filter`` to send on to another server (empty: no filter)."""

@@ -13,12 +13,12 @@ from aiohttp import web
 
 from federation.errors import Codes, MatrixError
 from homeserver.auth import access_token_from
-from homeserver.discovery.directory import DirectoryRequest
 from homeserver.http.json import JsonDict, read_json_body
 from homeserver.http.servlet import Servlet
 from homeserver.http.tenant_routing import request_tenant
 from homeserver.rest.client._params import body_str
 from homeserver.rest.client.client_api import ClientAPI, client_api, client_patterns
+from homeserver.rest.public_rooms import request_from_body, request_from_query
 
 if TYPE_CHECKING:
     from homeserver.server import HomeServer
@@ -95,13 +95,13 @@ class PublicRoomsServlet(_Base):
                                   "Listing another server's public rooms needs an access token")
             ts = await self.api.stores_for_tenant(tenant)
         return 200, await self.api.directory.public_rooms(
-            ts, server, DirectoryRequest.from_query(request.query))
+            ts, server, request_from_query(request.query))
 
     async def on_POST(self, request: web.Request) -> Result:
         _, ts = await self.api.auth(request)
         body = await read_json_body(request, allow_empty=True)
         return 200, await self.api.directory.public_rooms(
-            ts, request.query.get("server"), DirectoryRequest.from_body(body))
+            ts, request.query.get("server"), request_from_body(body))
 
 
 def register(app: web.Application, hs: HomeServer) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from homeserver.discovery.directory import DirectoryRequest
 from homeserver.http.json import JsonDict, read_json_body
 from homeserver.http.servlet import Servlet
 from homeserver.rest.federation.context import InboundContext
+from homeserver.rest.public_rooms import request_from_body, request_from_query
 
 __all__ = ["register_servlets"]
 
@@ -55,13 +55,13 @@ class PublicRoomsServlet(_Base):
 
     async def on_GET(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, _ = self._who(request)
-        query = DirectoryRequest.from_query(request.query)
+        query = request_from_query(request.query)
         server = (await self._ctx.handlers(tenant)).server
         return 200, await server.public_rooms(tenant, query)
 
     async def on_POST(self, request: web.Request) -> tuple[int, JsonDict]:
         tenant, _ = self._who(request)
-        query = DirectoryRequest.from_body(await read_json_body(request, allow_empty=True))
+        query = request_from_body(await read_json_body(request, allow_empty=True))
         server = (await self._ctx.handlers(tenant)).server
         return 200, await server.public_rooms(tenant, query)
 
