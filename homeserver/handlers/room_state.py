@@ -68,5 +68,7 @@ async def update_current_state_txn(
     if state is None:
         raise RuntimeError(f"a forward extremity of {room_id} has no known state")
     group = await events.state.store_state_txn(txn, tenant, room_id, state)
-    await events.state.set_current_state_group_txn(txn, tenant, room_id, rv.identifier, group)
+    await events.state.set_current_state_group_txn(
+        txn, tenant, room_id, rv.identifier, group, state=state.state
+    )
     return group

@@ -60,26 +60,22 @@ class ServerVisibility:
         return value if isinstance(value, str) else "shared"
 
     async def server_in_room(self, tenant: str, room_id: str, server: str) -> bool:
-        """Whether ``server`` has a joined member in the room's current state."""
-        current = await self._events.state.get_current_state(tenant, room_id)
-        return "join" in await self._memberships_of(tenant, current, server)
+        """Whether ``server`` has a joined member in the room's current state
+        (the current members index, not the member events themselves)."""
+        return await self._events.state.is_server_joined(tenant, room_id, server)
 
     async def joined_servers(self, tenant: str, room_id: str) -> list[str]:
         """Servers with a joined member in the room's current state, sorted."""
-        current = await self._events.state.get_current_state(tenant, room_id)
-        ids = [eid for (typ, _), eid in current.items() if typ == "m.room.member"]
-        loaded = await self._events.get_events(tenant, ids)
-        return sorted({server_of(e.state_key or "") for e in loaded.values()
-                       if e.membership == "join"})
+        return await self._events.state.get_joined_servers(tenant, room_id)
 
     async def may_see_room(self, tenant: str, room_id: str, server: str) -> bool:
         if server == tenant:
             return True
         if await self._events.state.get_room_version_id(tenant, room_id) is None:
             return False
-        current = await self._events.state.get_current_state(tenant, room_id)
-        if "join" in await self._memberships_of(tenant, current, server):
+        if await self.server_in_room(tenant, room_id, server):
             return True
+        current = await self._events.state.get_current_state(tenant, room_id)
         return await self._history_visibility(tenant, current) == "world_readable"
 
     async def check_room(self, tenant: str, room_id: str, server: str) -> None:

@@ -57,7 +57,7 @@ SEND = "/_matrix/federation/v1/send/"
 # read-only COUNT each (no store has a "count everything" method).
 TABLES = (
     "events", "event_edges", "event_auth_edges", "event_forward_extremities",
-    "event_backward_extremities", "room_current_state", "state_groups",
+    "event_backward_extremities", "room_current_state", "room_current_members", "state_groups",
     "federation_outbox", "federation_outbox_transactions", "federation_dead_letters",
     "federation_received_transactions", "federation_received_invites", "receipts",
     "room_aliases", "profiles",
@@ -658,7 +658,8 @@ def membership_cases() -> list[Case]:
                                     [w.join])
 
     node_room = {"events": 6, "event_edges": 5, "event_auth_edges": 12,
-                 "event_forward_extremities": 1, "room_current_state": 1, "state_groups": 6}
+                 "event_forward_extremities": 1, "room_current_state": 1,
+                 "room_current_members": 1, "state_groups": 6}
     bad = "M_INVALID_PARAM"
     return [
         Case("make_join for a room we do not know", lambda w: w.peer.request(
@@ -919,7 +920,8 @@ async def test_fuzzed_json_never_500s_nor_stores_invalid_events(world: World) ->
     changed = {k for k in after if after[k] != before[k]}
     assert changed <= {"federation_received_transactions", "events", "event_edges",
                        "event_auth_edges", "event_forward_extremities", "room_current_state",
-                       "state_groups", "event_backward_extremities"}, changed
+                       "room_current_members", "state_groups",
+                       "event_backward_extremities"}, changed
     rows = await w.node.hs.database.fetch("SELECT json, room_version FROM events")
     for row in rows:
         check_pdu_format(json.loads(row[0]), get_room_version(str(row[1])))

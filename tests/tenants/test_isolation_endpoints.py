@@ -33,8 +33,8 @@ TENANT_TABLES = (
     "access_tokens", "account_data", "client_txns", "devices", "event_auth_edges",
     "event_backward_extremities", "event_edges", "event_forward_extremities",
     "event_graph_counters", "events", "federation_received_invites", "profiles", "receipts",
-    "room_aliases", "room_current_state", "room_directory", "room_forgotten",
-    "state_group_entries", "state_groups", "user_filters", "users",
+    "room_aliases", "room_current_members", "room_current_state", "room_directory",
+    "room_forgotten", "state_group_entries", "state_groups", "user_filters", "users",
 )
 
 
