@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from federation.event_format import server_name_of
 from federation.events import Event
 from homeserver.federation_sender.backoff import BackoffPolicy, DeliveryLimits
 from homeserver.federation_sender.outbox import OutboxWriter
@@ -23,7 +24,7 @@ from homeserver.federation_sender.sender import FederationSender
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.federation_client_ops import FederationRemoteRooms
 from homeserver.keys import KeyService, key_service_for
-from storage.database import Database
+from storage.database import Database, Transaction
 from storage.stores.events import EventStore
 from storage.stores.state import StateStore
 
@@ -113,16 +114,16 @@ class RemoteRoomsRouter:
 
 
 def accepted_event_hook(sender: FederationSender, db: Database, events: EventStore) -> Any:
-    """For the inbound ``FederationServer.on_event_accepted``: a join or leave a
-    resident server accepted for another server goes to the other servers in
-    the room (spec "Joining Rooms": the resident server sends it on)."""
+    """For the inbound ``FederationServer.on_event_accepted_txn``: a join or
+    leave a resident server accepted for another server goes to the other
+    servers in the room (spec "Joining Rooms": the resident server sends it
+    on), queued in the transaction that persists it."""
     writer = OutboxWriter(db, events, sender.clock)
     writer.on_enqueued = sender._on_enqueued
 
-    async def hook(tenant: str, event: Event) -> None:
-        origin = event.sender.split(":", 1)[1] if ":" in event.sender else ""
-        async with db.transaction("outbox_accepted_event") as txn:
-            await writer.write_event_txn(txn, tenant, event, exclude=(origin,))
+    async def hook(txn: Transaction, tenant: str, event: Event) -> None:
+        await writer.write_event_txn(txn, tenant, event,
+                                     exclude=(server_name_of(event.sender),))
 
     return hook
 
@@ -147,11 +148,9 @@ def new_server_hook(
 
     async def catch_up(tenant: str, room_id: str, server: str) -> None:
         async with db.transaction("outbox_new_server") as txn:
-            state = await events.state.get_current_state(tenant, room_id, txn=txn)
-            ids = [eid for (kind, key), eid in state.items()
-                   if kind == "m.room.member" and key.split(":", 1)[-1] == server]
-            loaded = await events.get_events(tenant, ids, txn=txn)
-            if sum(1 for e in loaded.values() if e.membership == "join") != 1:
+            joined = await events.state.get_joined_users(tenant, room_id, server=server,
+                                                         txn=txn)
+            if len(joined) != 1:
                 return  # it was in the room already (or has left again)
             extremities = await events.get_forward_extremities(tenant, room_id, txn=txn)
             for eid in extremities[:_MAX_CATCH_UP_EXTREMITIES]:

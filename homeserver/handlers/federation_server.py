@@ -47,7 +47,8 @@ from homeserver.handlers.event_receipt import (
 from homeserver.handlers.profile import default_displayname
 from homeserver.handlers.room_acl import RoomServerAcls
 from homeserver.handlers.server_visibility import ServerVisibility, server_of
-from storage.database import Database
+from homeserver.http.json import EncodedJsonList
+from storage.database import Database, Transaction
 from storage.stores.events import EventStore, NewEvent
 from storage.stores.federation_inbound import FederationInboundStore
 from storage.stores.users import UserStore
@@ -67,10 +68,14 @@ MAX_REQUEST_EVENT_IDS = 100
 #: does not bound the work a request can cause.
 MAX_WALK_VISITS = 1000
 
-#: Called with ``(tenant, event)`` for an event this server accepted on
-#: another server's behalf (``send_join``/``send_leave``), which the spec says
-#: the resident server must send to the other servers in the room.
+#: Called with ``(tenant, event)`` after an event this server accepted on
+#: another server's behalf (``send_join``/``send_leave``) was committed.
 EventHook = Callable[[str, Event], Awaitable[None]]
+#: Called with ``(txn, tenant, event)`` inside the transaction that persists
+#: such an event: the spec says the resident server sends it to the other
+#: servers in the room, and the outbox rows for that commit with the event or
+#: not at all.
+TxnEventHook = Callable[[Transaction, str, Event], Awaitable[None]]
 
 
 class AliasLookup(Protocol):
@@ -140,7 +145,10 @@ class FederationServer:
         self._published = published
         #: The rooms' m.room.server_acl, applied to every room-scoped request.
         self._acls = acls if acls is not None else RoomServerAcls(events)
-        #: Run after send_join/send_leave accepted an event (outbound sending).
+        #: Run in the transaction that persists an event send_join/send_leave
+        #: accepted (the outbox); an exception rolls the event back.
+        self.on_event_accepted_txn: list[TxnEventHook] = []
+        #: Run after that transaction committed (client /sync wake-ups).
         self.on_event_accepted: list[EventHook] = []
         #: Run after an invite for a local user was recorded (client /sync).
         self.on_invite: list[EventHook] = []
@@ -457,10 +465,19 @@ class FederationServer:
             sign_event_as(event.pdu, rv, tenant, self._signing_key_for(tenant)),
             event.event_id, rv,
         )
-        outcome = await self._receipt.receive_verified_pdu(tenant, signed)
+        async with self._db.transaction(f"accept_{membership}") as txn:
+            outcome = await self._receipt.receive_verified_pdu_txn(txn, tenant, signed)
+            new = outcome.outcome is Outcome.ACCEPTED and outcome.newly_persisted
+            if new:
+                for txn_hook in self.on_event_accepted_txn:
+                    await txn_hook(txn, tenant, signed)
         if outcome.outcome is not Outcome.ACCEPTED:
             raise MatrixError(403, Codes.FORBIDDEN, f"{event_id} {outcome.outcome}: "
                               f"{outcome.reason}")
+        if not new:
+            # Persisted meanwhile by a concurrent request for the same event,
+            # which ran the hooks.
+            return signed, False
         logger.info("Accepted %s of %s into %s for %s", membership, event.sender, room_id, origin)
         for hook in self.on_event_accepted:
             try:
@@ -482,10 +499,13 @@ class FederationServer:
         before = await self._events.get_state_before(tenant, event.event_id)
         state_ids = sorted((before or {}).values())
         chain = await self._auth_chain(tenant, room_id, [*state_ids, event.event_id])
+        # The events go out as stored (a large room's state is megabytes of
+        # JSON: parsing it only to encode it again was most of the work).
+        texts = await self._events.get_event_json(tenant, [*state_ids, *chain])
         return {
             "origin": tenant,
-            "state": [dict(e.pdu) for e in await self._load(tenant, state_ids)],
-            "auth_chain": [dict(e.pdu) for e in await self._load(tenant, chain)],
+            "state": EncodedJsonList(texts[i] for i in state_ids if i in texts),
+            "auth_chain": EncodedJsonList(texts[i] for i in chain if i in texts),
             "event": dict(event.pdu),
             "members_omitted": False,
             "servers_in_room": servers_before,

@@ -15,7 +15,7 @@ from aiohttp import web
 from federation.canonical_json import parse_json_strict
 from federation.errors import Codes, MatrixError
 
-__all__ = ["JsonDict", "json_response", "read_json_body"]
+__all__ = ["EncodedJsonList", "JsonDict", "json_response", "read_json_body"]
 
 JsonDict = dict[str, Any]
 
@@ -45,8 +45,29 @@ async def read_json_body(request: web.Request, *, allow_empty: bool = False) -> 
     return value
 
 
+class EncodedJsonList(list[str]):
+    """A JSON array given as the encoded JSON text of each element.
+
+    A top-level value of a response body (``{"state": EncodedJsonList([...])}``)
+    is written as ``[text,text,...]`` without parsing the texts: for large
+    answers made of stored events (``send_join``'s 2,000-event state), which
+    would otherwise be parsed into objects only to be encoded again. Each text
+    must be one valid JSON value (stored canonical JSON is).
+    """
+
+
 def _dumps(body: Any) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    if type(body) is dict and any(type(v) is EncodedJsonList for v in body.values()):
+        return "{" + ",".join(
+            _plain(k) + ":" + ("[" + ",".join(v) + "]" if type(v) is EncodedJsonList
+                               else _plain(v))
+            for k, v in body.items()
+        ) + "}"
+    return _plain(body)
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def json_response(code: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:

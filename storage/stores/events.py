@@ -37,6 +37,7 @@ from storage.stores.state import (
     allocate_counter,
     chunks,
     in_list,
+    values_list,
 )
 
 __all__ = [
@@ -201,6 +202,28 @@ class EventStore:
         stored = await self.get_stored_events(tenant, event_ids, txn=txn)
         return {eid: s.event for eid, s in stored.items()}
 
+    async def get_event_json(
+        self, tenant: str, event_ids: Iterable[str], *, txn: Queryable | None = None
+    ) -> dict[str, str]:
+        """The stored JSON text (canonical JSON of the PDU) of the stored
+        events among ``event_ids``: for answers that pass events on as they
+        are, without parsing them into :class:`Event` objects and encoding
+        them again."""
+        ids = list(dict.fromkeys(event_ids))
+        conn = self._conn(txn)
+        found: dict[str, str] = {}
+        for part in chunks(ids):
+            rows = await conn.fetch(
+                f"SELECT event_id, json FROM events "
+                f"WHERE tenant = $1 AND event_id IN ({in_list(part, 2)})",
+                tenant,
+                *part,
+            )
+            for r in rows:
+                eid, text = r.values()
+                found[eid] = text
+        return found
+
     async def get_event(
         self, tenant: str, event_id: str, *, txn: Queryable | None = None
     ) -> StoredEvent | None:
@@ -294,8 +317,8 @@ class EventStore:
         for part in chunks(ids):
             rows = await conn.fetch(
                 "WITH RECURSIVE chain(event_id) AS ("
-                " SELECT auth_event_id FROM event_auth_edges"
-                f" WHERE tenant = $1 AND event_id IN ({in_list(part, 2)})"
+                f" SELECT a.auth_event_id FROM (VALUES {values_list(part, 2)}) AS v"
+                " JOIN event_auth_edges a ON a.tenant = $1 AND a.event_id = v.column1"
                 " UNION"
                 " SELECT a.auth_event_id FROM event_auth_edges a"
                 " JOIN chain c ON a.event_id = c.event_id WHERE a.tenant = $1"

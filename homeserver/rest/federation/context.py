@@ -213,7 +213,7 @@ class InboundContext:
             if hasattr(sender, "serve"):
                 # A dedicated tenant's outbox lives in its own database.
                 sender.serve(h.db)
-            h.server.on_event_accepted.append(accepted_event_hook(sender, h.db, h.events))
+            h.server.on_event_accepted_txn.append(accepted_event_hook(sender, h.db, h.events))
             # A server whose join reached us late gets what we sent meanwhile.
             h.transactions.on_events.append(new_server_hook(sender, h.db, h.events))
 
