@@ -360,3 +360,70 @@ def test_other_files_are_ignored(tmp_path: Path) -> None:
         tmp_path / "m", {"0001_a.sql": "SELECT 1;", "README.md": "notes", "__init__.py": ""}
     )
     assert [m.label for m in discover_migrations(directory)] == ["0001_a"]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_current_members_backfilled_from_current_state(
+    tmp_path: Path, shared_postgres_database: str, engine: str
+) -> None:
+    """Migration 0015 fills room_current_members from each room's current
+    state group, resolved through its delta chain (removals included), as
+    StateStore keeps it from then on."""
+    from storage.stores.events import EventStore, NewEvent
+    from storage.stores.state import ResolvedState, StateKey, StateStore
+    from tests.storage.test_event_graph import make_event
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for migration in discover_migrations():
+        if migration.version < 15:
+            for path in migration.files.values():
+                shutil.copy(path, old / path.name)
+    async with isolated_db(engine, tmp_path, shared_postgres_database) as db:
+        await apply_migrations(db, old)
+        state = StateStore(db)
+        events = EventStore(db, state)
+        expected: set[tuple[str | None, ...]] = set()
+        membership_of: dict[str, str | int] = {}
+        async with db.transaction("old_rooms") as txn:
+            for tenant, room, steps in (("a.test", "!big:a.test", 40),
+                                        ("a.test", "!small:a.test", 1),
+                                        ("b.test", "!big:a.test", 7)):
+                model: dict[StateKey, str] = {("m.room.create", ""): "$create"}
+                group = None
+                for step in range(steps):
+                    n = step % 9
+                    user = f"@u{n}:s{n % 3}.test"
+                    if step % 5 == 4:
+                        model.pop(("m.room.member", user), None)  # a removal: NULL entry
+                    else:
+                        m = ("join", "leave", "invite", 7)[step % 4]
+                        eid = f"${tenant}{room}{step}"
+                        membership_of[eid] = m
+                        ev = make_event(eid, "m.room.member", prev=[], state_key=user,
+                                        sender=user, room_id=room, content={"membership": m})
+                        await events.persist_events_txn(txn, tenant,
+                                                        [NewEvent(ev, outlier=True)])
+                        model[("m.room.member", user)] = eid
+                    group = await state.store_state_txn(
+                        txn, tenant, room, ResolvedState(dict(model), predecessor=group))
+                await txn.execute(
+                    "INSERT INTO room_current_state (tenant, room_id, room_version, state_group) "
+                    "VALUES ($1, $2, '10', $3)", tenant, room, group)
+                for (typ, user), eid in model.items():
+                    if typ == "m.room.member":
+                        m = membership_of[eid]
+                        expected.add((tenant, room, user, user.split(":")[1],
+                                      m if isinstance(m, str) else None, eid))
+            await txn.execute(
+                "INSERT INTO room_current_state (tenant, room_id, room_version, state_group) "
+                "VALUES ('a.test', '!empty:a.test', '10', NULL)")
+        stats = await state.stats("a.test", "!big:a.test")
+        assert stats.groups == 40 and stats.chain_bound > 3  # a real delta chain
+        assert await apply_migrations(db) == [v for v in REAL_VERSIONS if v >= 15]
+        rows = await db.fetch("SELECT tenant, room_id, user_id, server, membership, event_id "
+                              "FROM room_current_members")
+        assert {tuple(r) for r in rows} == expected
+        assert {e[4] for e in expected} == {"join", "leave", "invite", None}
+        assert await StateStore(db).get_joined_servers("a.test", "!big:a.test") == sorted(
+            {e[3] for e in expected if e[:2] == ("a.test", "!big:a.test") and e[4] == "join"})
