@@ -12,7 +12,9 @@ for each of ``--joins`` users of its own it times ``GET /make_join`` (with
 ``ver=10&11&12``), signing the template, and ``PUT /v2/send_join`` until the
 response (the room's full state and auth chain, ``members_omitted: false``)
 is read and parsed. Each join adds a member, so the room grows by one per
-join.
+join. Besides wall time it prints the CPU time of this process per join
+(node and peer together; PostgreSQL's own work is not in it), which depends
+less on what else the machine runs.
 
     .venv/bin/python bench/join.py [--members 2000] [--joins 10] [--engine postgres]
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -64,7 +67,7 @@ async def run(engine: str, members: int, joins: int, tmp: Path,
         print(f"{engine}: room {room_id} with {joined} members (incl. {ALICE}) built in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
 
-        times, make_ms, send_ms, sizes = [], [], [], []
+        times, cpu_ms, make_ms, send_ms, sizes = [], [], [], [], []
         profiler = None
         if profile:
             from pyinstrument import Profiler  # not a dependency: pip install it to profile
@@ -73,7 +76,7 @@ async def run(engine: str, members: int, joins: int, tmp: Path,
             profiler.start()
         for j in range(joins):
             user = f"@joiner{j}:{peer.name}"
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             status, tmpl = await peer.request(
                 "GET", room_path("v1/make_join", room_id, user), query=VERS)
             assert status == 200, tmpl
@@ -82,9 +85,10 @@ async def run(engine: str, members: int, joins: int, tmp: Path,
             eid = peer.event_id(join, rv)
             status, resp = await peer.request(
                 "PUT", room_path("v2/send_join", room_id, eid), join)
-            end = time.perf_counter()
+            end, cpu_end = time.perf_counter(), time.process_time()
             assert status == 200, resp
             times.append(end - start)
+            cpu_ms.append((cpu_end - cpu_start) * 1000)
             make_ms.append((mid - start) * 1000)
             send_ms.append((end - mid) * 1000)
             sizes.append((len(resp["state"]), len(resp["auth_chain"]),
@@ -99,6 +103,9 @@ async def run(engine: str, members: int, joins: int, tmp: Path,
               f"(make_join median {statistics.median(make_ms):.1f} ms, send_join median "
               f"{statistics.median(send_ms):.0f} ms); response: {sizes[-1][0]} state events, "
               f"{sizes[-1][1]} auth chain events, {sizes[-1][2]:.1f} MB", flush=True)
+        print(f"{engine}: CPU time of this process (node and peer) per join: median "
+              f"{statistics.median(cpu_ms):.0f} ms, best {min(cpu_ms):.0f} ms; load average "
+              f"{os.getloadavg()[0]:.2f} at the end", flush=True)
         print("per join (ms): " + ", ".join(f"{t * 1000:.0f}" for t in times))
     finally:
         await nodes.close()
