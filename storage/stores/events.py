@@ -36,6 +36,7 @@ from storage.stores.state import (
     Writer,
     allocate_counter,
     chunks,
+    fetch_event_json,
     in_list,
     values_list,
 )
@@ -209,20 +210,7 @@ class EventStore:
         events among ``event_ids``: for answers that pass events on as they
         are, without parsing them into :class:`Event` objects and encoding
         them again."""
-        ids = list(dict.fromkeys(event_ids))
-        conn = self._conn(txn)
-        found: dict[str, str] = {}
-        for part in chunks(ids):
-            rows = await conn.fetch(
-                f"SELECT event_id, json FROM events "
-                f"WHERE tenant = $1 AND event_id IN ({in_list(part, 2)})",
-                tenant,
-                *part,
-            )
-            for r in rows:
-                eid, text = r.values()
-                found[eid] = text
-        return found
+        return await fetch_event_json(self._conn(txn), tenant, event_ids)
 
     async def get_event(
         self, tenant: str, event_id: str, *, txn: Queryable | None = None

@@ -45,6 +45,7 @@ __all__ = [
     "StateMap",
     "StateStore",
     "allocate_counter",
+    "fetch_event_json",
     "in_list",
     "values_list",
 ]
@@ -74,12 +75,15 @@ class Writer(Queryable, Protocol):
     async def lock(self, key: str) -> None: ...
 
 
-async def _memberships_of(
-    conn: Queryable, tenant: str, event_ids: Sequence[str]
-) -> dict[str, str | None]:
-    """``content.membership`` of stored events (``None`` if not a string)."""
-    out: dict[str, str | None] = {}
-    for part in chunks(event_ids):
+async def fetch_event_json(
+    conn: Queryable, tenant: str, event_ids: Iterable[str]
+) -> dict[str, str]:
+    """The stored JSON text of the stored events among ``event_ids`` (here,
+    below :class:`~storage.stores.events.EventStore`, because keeping the
+    current members reads their events too)."""
+    ids = list(dict.fromkeys(event_ids))
+    found: dict[str, str] = {}
+    for part in chunks(ids):
         rows = await conn.fetch(
             f"SELECT event_id, json FROM events WHERE tenant = $1 AND event_id IN "
             f"({in_list(part, 2)})",
@@ -87,9 +91,20 @@ async def _memberships_of(
             *part,
         )
         for r in rows:
-            content = json.loads(r[1]).get("content")
-            m = content.get("membership") if isinstance(content, dict) else None
-            out[str(r[0])] = m if isinstance(m, str) else None
+            eid, text = r.values()
+            found[eid] = text
+    return found
+
+
+async def _memberships_of(
+    conn: Queryable, tenant: str, event_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """``content.membership`` of stored events (``None`` if not a string)."""
+    out: dict[str, str | None] = {}
+    for eid, text in (await fetch_event_json(conn, tenant, event_ids)).items():
+        content = json.loads(text).get("content")
+        m = content.get("membership") if isinstance(content, dict) else None
+        out[eid] = m if isinstance(m, str) else None
     return out
 
 
