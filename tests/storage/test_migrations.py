@@ -366,7 +366,7 @@ def test_other_files_are_ignored(tmp_path: Path) -> None:
 async def test_current_members_backfilled_from_current_state(
     tmp_path: Path, shared_postgres_database: str, engine: str
 ) -> None:
-    """Migration 0015 fills room_current_members from each room's current
+    """Migration 0016 fills room_current_members from each room's current
     state group, resolved through its delta chain (removals included), as
     StateStore keeps it from then on."""
     from storage.stores.events import EventStore, NewEvent
@@ -376,7 +376,7 @@ async def test_current_members_backfilled_from_current_state(
     old = tmp_path / "old"
     old.mkdir()
     for migration in discover_migrations():
-        if migration.version < 15:
+        if migration.version < 16:
             for path in migration.files.values():
                 shutil.copy(path, old / path.name)
     async with isolated_db(engine, tmp_path, shared_postgres_database) as db:
@@ -420,7 +420,7 @@ async def test_current_members_backfilled_from_current_state(
                 "VALUES ('a.test', '!empty:a.test', '10', NULL)")
         stats = await state.stats("a.test", "!big:a.test")
         assert stats.groups == 40 and stats.chain_bound > 3  # a real delta chain
-        assert await apply_migrations(db) == [v for v in REAL_VERSIONS if v >= 15]
+        assert await apply_migrations(db) == [v for v in REAL_VERSIONS if v >= 16]
         rows = await db.fetch("SELECT tenant, room_id, user_id, server, membership, event_id "
                               "FROM room_current_members")
         assert {tuple(r) for r in rows} == expected
