@@ -85,6 +85,12 @@ class StateReader(Protocol):
 #: topic, canonical alias"), case-insensitively.
 SEARCHED_FIELDS = ("name", "topic", "canonical_alias")
 
+#: The state events a room's summary is read from (state key "").
+SUMMARY_STATE_TYPES = frozenset({
+    "m.room.create", "m.room.name", "m.room.topic", "m.room.canonical_alias",
+    "m.room.avatar", "m.room.join_rules", "m.room.history_visibility", "m.room.guest_access",
+})
+
 _Key = tuple[int, str]  # (-num_joined_members, room_id): ascending is the directory order
 
 
@@ -178,15 +184,18 @@ class PublishedDirectory:
         current = await self._events.state.get_current_state(tenant, room_id)
         if not current:
             return None
-        loaded = await self._events.get_events(tenant, list(current.values()))
+        # Only the state the summary shows is loaded: the members are counted
+        # from the current members index, not read event by event (a room of
+        # thousands of members would load them all for every page).
+        wanted = [e for (t, k), e in current.items() if k == "" and t in SUMMARY_STATE_TYPES]
+        loaded = await self._events.get_events(tenant, wanted)
         by_key = {k: loaded[e] for k, e in current.items() if e in loaded}
 
         def content(event_type: str) -> Mapping[str, Any]:
             ev = by_key.get((event_type, ""))
             return ev.content if ev is not None else {}
 
-        joined = sum(1 for (t, _), ev in by_key.items()
-                     if t == "m.room.member" and ev.membership == "join")
+        joined = await self._events.state.count_joined_members(tenant, room_id)
         summary: dict[str, Any] = {
             "room_id": room_id,
             "num_joined_members": joined,

@@ -520,6 +520,18 @@ class StateStore:
         )
         return [str(r[0]) for r in rows]
 
+    async def count_joined_members(
+        self, tenant: str, room_id: str, *, txn: Queryable | None = None
+    ) -> int:
+        """How many users are joined in the room's current state."""
+        rows = await self._conn(txn).fetch(
+            "SELECT COUNT(*) FROM room_current_members WHERE tenant = $1 AND room_id = $2 "
+            "AND membership = 'join'",
+            tenant,
+            room_id,
+        )
+        return int(rows[0][0]) if rows else 0
+
     async def is_server_joined(
         self, tenant: str, room_id: str, server: str, *, txn: Queryable | None = None
     ) -> bool:
