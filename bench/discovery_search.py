@@ -1,0 +1,197 @@
+"""Room discovery search over a large index, on both engines.
+
+Fills the discovery index with ``--rooms`` rooms spread over ``--servers``
+peers, written through ``DiscoveryStore.replace_rooms`` as crawls would, then
+times ``DiscoveryStore.search`` (the count and the first page of 21, as the
+client API asks for a page of 20) over every server for a few kinds of query,
+ordered by relevance:
+
+* ``exact, common``: one word in about 1 % of the rooms;
+* ``exact, rare``: one word in a handful of rooms;
+* ``misspelled``: the common word with a letter missing (a fuzzy match only
+  with pg_trgm; nothing on SQLite or without it);
+* ``multi-word``: two words that each appear in about 0.5 % of the rooms.
+
+Room names, topics and aliases are drawn, seeded, from a Zipf-distributed
+vocabulary of made-up words and a few real ones, so every run builds the same
+index. Runs on SQLite (a temporary file) and on PostgreSQL (a throwaway
+database created on the server and dropped afterwards; ANALYZE runs after
+the fill, as autovacuum would soon after a large crawl). Prints the median
+and p99 of ``--repeats`` searches per query, after a few warm-up searches.
+Usage::
+
+    .venv/bin/python bench/discovery_search.py [--rooms 100000] [--servers 100]
+        [--repeats 100] [--engine sqlite|postgres|both]
+        [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from storage.database import Database  # noqa: E402
+from storage.migrations import apply_migrations  # noqa: E402
+from storage.stores.discovery import DiscoveryStore, IndexedRoom  # noqa: E402
+
+SEED = 20261124
+PAGE = 21
+WARM_UP = 3
+
+# Real words planted at fixed frequencies (fraction of rooms whose text holds
+# them), so the queries below match a known share of the index.
+PLANTED = {
+    "photography": 0.01,
+    "rust": 0.005,
+    "programming": 0.005,
+    "astronomy": 0.00005,
+}
+QUERIES = {
+    "exact, common": "photography",
+    "exact, rare": "astronomy",
+    "misspelled": "photgraphy",
+    "multi-word": "rust programming",
+}
+
+_ONSETS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+           "br", "cl", "dr", "fl", "gr", "pl", "st", "tr", "sh", "ch"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
+_CODAS = ["", "", "", "n", "r", "s", "t", "l", "m", "x"]
+
+
+def _vocabulary(rng: random.Random, size: int) -> list[str]:
+    words: set[str] = set()
+    while len(words) < size:
+        syllables = rng.randint(2, 4)
+        words.add("".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                          for _ in range(syllables)))
+    return sorted(words - set(PLANTED))
+
+
+def make_rooms(rooms: int, servers: int) -> dict[str, list[IndexedRoom]]:
+    """``rooms`` rooms over ``servers`` server names, the same on every run."""
+    rng = random.Random(SEED)
+    vocab = _vocabulary(rng, 20_000)
+    rng.shuffle(vocab)
+    # Zipf: the word of rank r is drawn with weight 1 / r.
+    cum: list[float] = []
+    total = 0.0
+    for rank in range(1, len(vocab) + 1):
+        total += 1 / rank
+        cum.append(total)
+
+    def words(n: int) -> list[str]:
+        return rng.choices(vocab, cum_weights=cum, k=n)
+
+    out: dict[str, list[IndexedRoom]] = {}
+    for i in range(rooms):
+        server = f"s{i % servers:03d}.bench"
+        name = words(rng.randint(1, 4))
+        topic = words(rng.randint(3, 15)) if rng.random() < 0.6 else []
+        for word, share in PLANTED.items():
+            if rng.random() < share:
+                target = name if rng.random() < 0.5 else topic
+                target.insert(rng.randrange(len(target) + 1), word)
+        alias = f"#{'-'.join(name[:2])}:{server}" if rng.random() < 0.5 else None
+        out.setdefault(server, []).append(IndexedRoom(
+            server, f"!r{i}:{server}", rng.randint(1, 5000), False, False,
+            name=" ".join(name).title(), topic=" ".join(topic) or None, canonical_alias=alias,
+            join_rule="public",
+        ))
+    return out
+
+
+async def measure(url: str, label: str, rooms: int, servers: int, repeats: int,
+                  analyze: asyncpg.Connection | None) -> None:
+    db = await Database.open(url)
+    try:
+        await apply_migrations(db)
+        store = DiscoveryStore(db)
+        by_server = make_rooms(rooms, servers)
+        started = time.perf_counter()
+        for server, batch in by_server.items():
+            await store.replace_rooms(server, batch, 1_700_000_000_000)
+        filled = time.perf_counter() - started
+        if analyze is not None:
+            await analyze.execute("ANALYZE discovery_rooms")
+        capability = await store.search_capability()
+        print(f"{label} ({capability}): {rooms:,} rooms over {servers} servers indexed "
+              f"in {filled:.1f} s")
+        names = sorted(by_server)
+        for what, query in QUERIES.items():
+            async def once() -> int:
+                hits, total = await store.search(servers=names, query=query, sort="relevance",
+                                                 after=None, limit=PAGE)
+                assert len(hits) == min(total, PAGE)
+                return total
+
+            for _ in range(WARM_UP):
+                matches = await once()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                await once()
+                times.append(time.perf_counter() - t0)
+            times.sort()
+            p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
+            print(f"  {what:<14} {query!r:<20} {matches:>6,} matches: "
+                  f"median {statistics.median(times) * 1000:7.2f} ms, p99 {p99 * 1000:7.2f} ms")
+    finally:
+        await db.close()
+
+
+async def with_postgres(server_url: str, rooms: int, servers: int, repeats: int) -> None:
+    dbname = f"concord_bench_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await admin.close()
+    url = server_url.rsplit("/", 1)[0] + "/" + dbname
+    try:
+        maintenance = await asyncpg.connect(url)
+        try:
+            await measure(url, "PostgreSQL", rooms, servers, repeats, maintenance)
+        finally:
+            await maintenance.close()
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rooms", type=int, default=100_000)
+    parser.add_argument("--servers", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--engine", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--postgres", default=os.environ.get(
+        "CONCORD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="PostgreSQL server URL (a throwaway database is created on it and dropped)")
+    args = parser.parse_args()
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.engine in ("sqlite", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(measure(f"sqlite://{tmp}/bench.db", "SQLite", args.rooms,
+                                args.servers, args.repeats, None))
+    if args.engine in ("postgres", "both"):
+        asyncio.run(with_postgres(args.postgres, args.rooms, args.servers, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
