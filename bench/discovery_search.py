@@ -4,13 +4,14 @@ Fills the discovery index with ``--rooms`` rooms spread over ``--servers``
 peers, written through ``DiscoveryStore.replace_rooms`` as crawls would, then
 times ``DiscoveryStore.search`` (the count and the first page of 21, as the
 client API asks for a page of 20) over every server for a few kinds of query,
-ordered by relevance:
+ordered by relevance unless said otherwise:
 
 * ``exact, common``: one word in about 1 % of the rooms;
 * ``exact, rare``: one word in a handful of rooms;
 * ``misspelled``: the common word with a letter missing (a fuzzy match only
   with pg_trgm; nothing on SQLite or without it);
-* ``multi-word``: two words that each appear in about 0.5 % of the rooms.
+* ``multi-word``: two words that each appear in about 0.5 % of the rooms;
+* ``rare, by members``: the rare word again, most joined rooms first.
 
 Room names, topics and aliases are drawn, seeded, from a Zipf-distributed
 vocabulary of made-up words and a few real ones, so every run builds the same
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from storage.database import Database  # noqa: E402
 from storage.migrations import apply_migrations  # noqa: E402
-from storage.stores.discovery import DiscoveryStore, IndexedRoom  # noqa: E402
+from storage.stores.discovery import DiscoveryStore, IndexedRoom, SortKey  # noqa: E402
 
 SEED = 20261124
 PAGE = 21
@@ -58,12 +59,14 @@ PLANTED = {
     "programming": 0.005,
     "astronomy": 0.00005,
 }
-QUERIES = {
-    "exact, common": "photography",
-    "exact, rare": "astronomy",
-    "misspelled": "photgraphy",
-    "multi-word": "rust programming",
-}
+# (what, query, sort)
+QUERIES: list[tuple[str, str, SortKey]] = [
+    ("exact, common", "photography", "relevance"),
+    ("exact, rare", "astronomy", "relevance"),
+    ("misspelled", "photgraphy", "relevance"),
+    ("multi-word", "rust programming", "relevance"),
+    ("rare, by members", "astronomy", "members"),
+]
 
 _ONSETS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
            "br", "cl", "dr", "fl", "gr", "pl", "st", "tr", "sh", "ch"]
@@ -113,6 +116,13 @@ def make_rooms(rooms: int, servers: int) -> dict[str, list[IndexedRoom]]:
     return out
 
 
+async def _search(store: DiscoveryStore, servers: list[str], query: str, sort: SortKey) -> int:
+    hits, total = await store.search(servers=servers, query=query, sort=sort, after=None,
+                                     limit=PAGE)
+    assert len(hits) == min(total, PAGE)
+    return total
+
+
 async def measure(url: str, label: str, rooms: int, servers: int, repeats: int,
                   analyze: asyncpg.Connection | None) -> None:
     db = await Database.open(url)
@@ -130,23 +140,17 @@ async def measure(url: str, label: str, rooms: int, servers: int, repeats: int,
         print(f"{label} ({capability}): {rooms:,} rooms over {servers} servers indexed "
               f"in {filled:.1f} s")
         names = sorted(by_server)
-        for what, query in QUERIES.items():
-            async def once() -> int:
-                hits, total = await store.search(servers=names, query=query, sort="relevance",
-                                                 after=None, limit=PAGE)
-                assert len(hits) == min(total, PAGE)
-                return total
-
+        for what, query, sort in QUERIES:
             for _ in range(WARM_UP):
-                matches = await once()
+                matches = await _search(store, names, query, sort)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                await once()
+                await _search(store, names, query, sort)
                 times.append(time.perf_counter() - t0)
             times.sort()
             p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
-            print(f"  {what:<14} {query!r:<20} {matches:>6,} matches: "
+            print(f"  {what:<16} {query!r:<19} {matches:>6,} matches: "
                   f"median {statistics.median(times) * 1000:7.2f} ms, p99 {p99 * 1000:7.2f} ms")
     finally:
         await db.close()
