@@ -1,7 +1,9 @@
 """Room discovery search over a large index, on both engines.
 
 Fills the discovery index with ``--rooms`` rooms spread over ``--servers``
-peers, written through ``DiscoveryStore.replace_rooms`` as crawls would, then
+peers, written through ``DiscoveryStore.replace_rooms`` as crawls would (two
+crawls of every server: the first inserts the rooms, the second rewrites
+them, as every later crawl does, for their last-seen time; both timed), then
 times ``DiscoveryStore.search`` (the count and the first page of 21, as the
 client API asks for a page of 20) over every server for a few kinds of query,
 ordered by relevance unless said otherwise:
@@ -16,13 +18,15 @@ ordered by relevance unless said otherwise:
 Room names, topics and aliases are drawn, seeded, from a Zipf-distributed
 vocabulary of made-up words and a few real ones, so every run builds the same
 index. Runs on SQLite (a temporary file) and on PostgreSQL (a throwaway
-database created on the server and dropped afterwards; ANALYZE runs after
-the fill, as autovacuum would soon after a large crawl). Prints the median
-and p99 of ``--repeats`` searches per query, after a few warm-up searches.
-Usage::
+database created on the server and dropped afterwards). On PostgreSQL the
+searches run twice: just after the crawls (and an ANALYZE, as autovacuum
+would soon run after so many writes), while any GIN pending lists hold the
+new entries, then after a VACUUM has merged them into the indexes. Prints
+the median and p99 of ``--repeats`` searches per query, after a few warm-up
+searches; ``--explain`` prints each search's plans too. Usage::
 
     .venv/bin/python bench/discovery_search.py [--rooms 100000] [--servers 100]
-        [--repeats 100] [--engine sqlite|postgres|both]
+        [--repeats 100] [--engine sqlite|postgres|both] [--explain]
         [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -123,40 +127,65 @@ async def _search(store: DiscoveryStore, servers: list[str], query: str, sort: S
     return total
 
 
+async def _run_queries(store: DiscoveryStore, servers: list[str], repeats: int,
+                       explain: bool) -> None:
+    for what, query, sort in QUERIES:
+        for _ in range(WARM_UP):
+            matches = await _search(store, servers, query, sort)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            await _search(store, servers, query, sort)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
+        print(f"  {what:<16} {query!r:<19} {matches:>6,} matches: "
+              f"median {statistics.median(times) * 1000:7.2f} ms, p99 {p99 * 1000:7.2f} ms")
+        if explain:
+            plans = await store.explain_search(servers=servers, query=query, sort=sort,
+                                               limit=PAGE)
+            for name, plan in plans.items():
+                print(f"    {name} plan:")
+                for line in plan:
+                    print(f"      {line if len(line) <= 110 else line[:107] + '...'}")
+
+
 async def measure(url: str, label: str, rooms: int, servers: int, repeats: int,
-                  analyze: asyncpg.Connection | None) -> None:
+                  maintenance: asyncpg.Connection | None, explain: bool) -> None:
     db = await Database.open(url)
     try:
         await apply_migrations(db)
         store = DiscoveryStore(db)
         by_server = make_rooms(rooms, servers)
-        started = time.perf_counter()
-        for server, batch in by_server.items():
-            await store.replace_rooms(server, batch, 1_700_000_000_000)
-        filled = time.perf_counter() - started
-        if analyze is not None:
-            await analyze.execute("ANALYZE discovery_rooms")
+        crawls = []
+        for crawl in range(2):
+            started = time.perf_counter()
+            for server, batch in by_server.items():
+                await store.replace_rooms(server, batch, 1_700_000_000_000 + crawl)
+            crawls.append(time.perf_counter() - started)
+        if maintenance is not None:
+            await maintenance.execute("ANALYZE discovery_rooms")
         capability = await store.search_capability()
-        print(f"{label} ({capability}): {rooms:,} rooms over {servers} servers indexed "
-              f"in {filled:.1f} s")
+        print(f"{label} ({capability}): {rooms:,} rooms over {servers} servers; first crawl "
+              f"of every server (inserts) {crawls[0]:.1f} s, second (updates) {crawls[1]:.1f} s")
         names = sorted(by_server)
-        for what, query, sort in QUERIES:
-            for _ in range(WARM_UP):
-                matches = await _search(store, names, query, sort)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                await _search(store, names, query, sort)
-                times.append(time.perf_counter() - t0)
-            times.sort()
-            p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
-            print(f"  {what:<16} {query!r:<19} {matches:>6,} matches: "
-                  f"median {statistics.median(times) * 1000:7.2f} ms, p99 {p99 * 1000:7.2f} ms")
+        if maintenance is None:
+            await _run_queries(store, names, repeats, explain)
+            return
+        # Just after the crawls, the GIN indexes' pending lists hold the new
+        # entries (every search reads them) until a VACUUM moves them into
+        # the index proper.
+        print(" just crawled:")
+        await _run_queries(store, names, repeats, explain)
+        await maintenance.execute("VACUUM discovery_rooms")
+        print(" after VACUUM:")
+        await _run_queries(store, names, repeats, explain)
     finally:
         await db.close()
 
 
-async def with_postgres(server_url: str, rooms: int, servers: int, repeats: int) -> None:
+async def with_postgres(server_url: str, rooms: int, servers: int, repeats: int,
+                        explain: bool) -> None:
     dbname = f"concord_bench_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(server_url)
     try:
@@ -167,7 +196,7 @@ async def with_postgres(server_url: str, rooms: int, servers: int, repeats: int)
     try:
         maintenance = await asyncpg.connect(url)
         try:
-            await measure(url, "PostgreSQL", rooms, servers, repeats, maintenance)
+            await measure(url, "PostgreSQL", rooms, servers, repeats, maintenance, explain)
         finally:
             await maintenance.close()
     finally:
@@ -184,6 +213,8 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--engine", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--explain", action="store_true",
+                        help="print the plans of each search (DiscoveryStore.explain_search)")
     parser.add_argument("--postgres", default=os.environ.get(
         "CONCORD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server URL (a throwaway database is created on it and dropped)")
@@ -192,9 +223,10 @@ def main() -> None:
     if args.engine in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             asyncio.run(measure(f"sqlite://{tmp}/bench.db", "SQLite", args.rooms,
-                                args.servers, args.repeats, None))
+                                args.servers, args.repeats, None, args.explain))
     if args.engine in ("postgres", "both"):
-        asyncio.run(with_postgres(args.postgres, args.rooms, args.servers, args.repeats))
+        asyncio.run(with_postgres(args.postgres, args.rooms, args.servers, args.repeats,
+                                  args.explain))
 
 
 if __name__ == "__main__":
