@@ -9,20 +9,22 @@ and ``discovery_peer_history`` every health state change (numbered per
 peer, ``seq``: migration ``0015_discovery_history_order``).
 
 Search is the one engine-dependent part: PostgreSQL uses full-text search
-(``search_vector``, GIN) with a trigram fallback (``word_similarity``) when
-the ``pg_trgm`` extension is installed; SQLite uses ``LIKE``. The choice is
-made once, in :meth:`DiscoveryStore.search_capability`.
+(``search_vector``, GIN) with a trigram fallback (``word_similarity``
+through the ``<%`` operator and the GIN trigram index) when the ``pg_trgm``
+extension is installed; SQLite uses ``LIKE``. The choice is made once, in
+:meth:`DiscoveryStore.search_capability`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from storage.database import Database, Row
-from storage.stores.state import chunks, in_list
+from storage.stores.state import Queryable, chunks, in_list
 
 __all__ = [
     "DiscoveryStore",
@@ -39,8 +41,10 @@ SearchCapability = Literal["like", "fulltext", "fulltext+trigram"]
 
 #: ``word_similarity`` at or above this counts as a fuzzy match: one or two
 #: wrong letters in a word of eight or more ("photgraphy") score 0.6-0.7; an
-#: unrelated word scores near 0.
+#: unrelated word scores near 0. Applied as ``pg_trgm.word_similarity_threshold``
+#: (what the indexable ``<%`` operator compares with) for each search alone.
 TRIGRAM_THRESHOLD = 0.5
+_WORD_SIMILARITY_SETTING = "pg_trgm.word_similarity_threshold"
 
 _PEER_COLUMNS = (
     "server_name, added_by_admin, added_ts, state, state_since_ts, state_reason, "
@@ -131,10 +135,121 @@ def _like_pattern(word: str) -> str:
     return f"%{escaped}%"
 
 
+@dataclass(frozen=True)
+class _SearchStatements:
+    """What one search runs: the number of matches, then the page."""
+
+    count_sql: str
+    count_args: tuple[Any, ...]
+    page_sql: str
+    page_args: tuple[Any, ...]
+    #: ``(setting, value)`` pairs for the search's own transaction; none: it
+    #: runs without one.
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+def _search_statements(
+    capability: SearchCapability,
+    trigram_indexed: bool,
+    *,
+    servers: Sequence[str],
+    query: str | None,
+    sort: SortKey,
+    after: tuple[Any, str, str] | None,
+    limit: int,
+) -> _SearchStatements:
+    """The SQL of :meth:`DiscoveryStore.search`, in one place, so that
+    :meth:`DiscoveryStore.explain_search` explains exactly what it runs."""
+    args: list[Any] = list(servers)
+    where = [f"server_name IN ({in_list(servers, 1)})"]
+    score_sql = "0"
+    settings: tuple[tuple[str, str], ...] = ()
+    if query:
+        if capability == "like":
+            words = [w for w in query.casefold().split() if w][:8]
+            field_score = []
+            for w in words:
+                args.append(_like_pattern(w))
+                n = len(args)
+                where.append(f"search_text LIKE ${n} ESCAPE '\\'")
+                field_score.append(
+                    f"(CASE WHEN LOWER(COALESCE(name, '')) LIKE ${n} ESCAPE '\\' "
+                    f"THEN 4 ELSE 0 END + CASE WHEN LOWER(COALESCE(canonical_alias, '')) "
+                    f"LIKE ${n} ESCAPE '\\' THEN 2 ELSE 0 END + 1)"
+                )
+            score_sql = " + ".join(field_score) or "0"
+        else:
+            args.append(query)
+            q = len(args)
+            tsq = f"plainto_tsquery('simple', ${q})"
+            match = f"search_vector @@ {tsq}"
+            rank = f"CAST(ts_rank(search_vector, {tsq}) AS DOUBLE PRECISION)"
+            if capability == "fulltext+trigram":
+                # `<%` is `word_similarity(q, search_text) >= threshold` with the
+                # threshold a setting (set below for this search alone); unlike the
+                # function call, the operator can use the trigram index, so with
+                # the full-text condition the OR is a BitmapOr of both indexes.
+                match = f"({match} OR ${q} <% search_text)"
+                # Exact words rank above fuzzy ones: rank adds to similarity.
+                rank = f"({rank} + CAST(word_similarity(${q}, search_text) AS DOUBLE PRECISION))"
+                settings = ((_WORD_SIMILARITY_SETTING, repr(TRIGRAM_THRESHOLD)),)
+                if trigram_indexed:
+                    # The planner costs `<%` like `=`, but on a row it costs tens
+                    # of microseconds: a plan that tests it on every row (a
+                    # sequential scan, chosen for a common word or while the GIN
+                    # pending lists are long) takes seconds at 100,000 rooms
+                    # where the indexes take milliseconds (docs/benchmarks.md).
+                    settings += (("enable_seqscan", "off"),)
+            where.append(match)
+            score_sql = rank
+    if sort == "members":
+        key_sql = "num_joined_members"
+    elif sort == "recent":
+        key_sql = "first_seen_ts"
+    else:
+        key_sql = "score"
+    if sort != "relevance":
+        score_sql = "0"  # not read; computing it for every match would cost
+    inner = (
+        f"SELECT {_ROOM_COLUMNS}, {score_sql} AS score FROM discovery_rooms "
+        f"WHERE {' AND '.join(where)}"
+    )
+    if query and capability != "like":
+        # Planned apart from the ORDER BY ... LIMIT, the matches come from the
+        # text indexes. Flattened into it, PostgreSQL may instead walk the
+        # members or first-seen index testing the text condition on each row
+        # until it has a page: seconds for a word few rooms have.
+        source = f"WITH matched AS MATERIALIZED ({inner}) SELECT * FROM matched"
+    else:
+        source = f"SELECT * FROM ({inner}) AS matched"
+    outer_where = ""
+    page_args = list(args)
+    if after is not None:
+        value, server, room = after
+        page_args.extend([value, server, room])
+        v, s, r = len(page_args) - 2, len(page_args) - 1, len(page_args)
+        outer_where = (
+            f"WHERE ({key_sql} < ${v} OR ({key_sql} = ${v} AND "
+            f"(server_name > ${s} OR (server_name = ${s} AND room_id > ${r}))))"
+        )
+    page_args.append(limit)
+    return _SearchStatements(
+        count_sql=f"SELECT COUNT(*) FROM ({inner}) AS matched",
+        count_args=tuple(args),
+        page_sql=(
+            f"{source} {outer_where} "
+            f"ORDER BY {key_sql} DESC, server_name, room_id LIMIT ${len(page_args)}"
+        ),
+        page_args=tuple(page_args),
+        settings=settings,
+    )
+
+
 class DiscoveryStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._capability: SearchCapability | None = None
+        self._trigram_indexed = False
 
     @property
     def database(self) -> Database:
@@ -146,10 +261,15 @@ class DiscoveryStore:
             if self._db.engine != "postgres":
                 self._capability = "like"
             else:
-                has_trgm = await self._db.fetchval(
-                    "SELECT COUNT(*) FROM pg_extension WHERE extname = 'pg_trgm'"
+                # The trigram index exists only if pg_trgm did when migration
+                # 0014 ran (docs/usage/room_discovery.md).
+                row = await self._db.fetchrow(
+                    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'), "
+                    "to_regclass('discovery_rooms_trgm') IS NOT NULL"
                 )
-                self._capability = "fulltext+trigram" if has_trgm else "fulltext"
+                assert row is not None
+                self._capability = "fulltext+trigram" if row[0] else "fulltext"
+                self._trigram_indexed = bool(row[0] and row[1])
         return self._capability
 
     # -- peers --------------------------------------------------------------------------------
@@ -340,65 +460,11 @@ class DiscoveryStore:
         """
         if not servers:
             return [], 0
-        capability = await self.search_capability()
-        args: list[Any] = list(servers)
-        where = [f"server_name IN ({in_list(servers, 1)})"]
-        score_sql = "0"
-        if query:
-            if capability == "like":
-                words = [w for w in query.casefold().split() if w][:8]
-                field_score = []
-                for w in words:
-                    args.append(_like_pattern(w))
-                    n = len(args)
-                    where.append(f"search_text LIKE ${n} ESCAPE '\\'")
-                    field_score.append(
-                        f"(CASE WHEN LOWER(COALESCE(name, '')) LIKE ${n} ESCAPE '\\' "
-                        f"THEN 4 ELSE 0 END + CASE WHEN LOWER(COALESCE(canonical_alias, '')) "
-                        f"LIKE ${n} ESCAPE '\\' THEN 2 ELSE 0 END + 1)"
-                    )
-                score_sql = " + ".join(field_score) or "0"
-            else:
-                args.append(query)
-                q = len(args)
-                tsq = f"plainto_tsquery('simple', ${q})"
-                match = f"search_vector @@ {tsq}"
-                rank = f"CAST(ts_rank(search_vector, {tsq}) AS DOUBLE PRECISION)"
-                if capability == "fulltext+trigram":
-                    args.append(TRIGRAM_THRESHOLD)
-                    sim = f"CAST(word_similarity(${q}, search_text) AS DOUBLE PRECISION)"
-                    match = f"({match} OR {sim} >= ${len(args)})"
-                    # Exact words rank above fuzzy ones: rank adds to similarity.
-                    rank = f"({rank} + {sim})"
-                where.append(match)
-                score_sql = rank
-        if sort == "members":
-            key_sql = "num_joined_members"
-        elif sort == "recent":
-            key_sql = "first_seen_ts"
-        else:
-            key_sql = "score"
-        inner = (
-            f"SELECT {_ROOM_COLUMNS}, {score_sql} AS score FROM discovery_rooms "
-            f"WHERE {' AND '.join(where)}"
-        )
-        total = await self._db.fetchval(f"SELECT COUNT(*) FROM ({inner}) AS matched", *args)
-        outer_where = ""
-        page_args = list(args)
-        if after is not None:
-            value, server, room = after
-            page_args.extend([value, server, room])
-            v, s, r = len(page_args) - 2, len(page_args) - 1, len(page_args)
-            outer_where = (
-                f"WHERE ({key_sql} < ${v} OR ({key_sql} = ${v} AND "
-                f"(server_name > ${s} OR (server_name = ${s} AND room_id > ${r}))))"
-            )
-        page_args.append(limit)
-        rows = await self._db.fetch(
-            f"SELECT * FROM ({inner}) AS matched {outer_where} "
-            f"ORDER BY {key_sql} DESC, server_name, room_id LIMIT ${len(page_args)}",
-            *page_args,
-        )
+        statements = await self._search_statements(servers, query, sort, after, limit)
+        async with self._search_reader(statements) as reader:
+            counted = await reader.fetch(statements.count_sql, *statements.count_args)
+            rows = await reader.fetch(statements.page_sql, *statements.page_args)
+        total = counted[0][0] if counted else 0
         out = []
         for row in rows:
             indexed = _room(row)
@@ -410,3 +476,70 @@ class DiscoveryStore:
                 key = row[13]
             out.append((indexed, key))
         return out, int(total or 0)
+
+    async def explain_search(
+        self,
+        *,
+        servers: Sequence[str],
+        query: str | None,
+        sort: SortKey,
+        after: tuple[Any, str, str] | None = None,
+        limit: int = 21,
+        analyze: bool = False,
+    ) -> dict[str, list[str]]:
+        """The plans of the two statements :meth:`search` runs for these
+        arguments, ``{"count": lines, "page": lines}``, made under the same
+        settings in the same kind of session (for tests and ``bench/``).
+
+        PostgreSQL: ``EXPLAIN`` (with ``analyze``, ``EXPLAIN (ANALYZE,
+        BUFFERS)``, which runs them); SQLite: ``EXPLAIN QUERY PLAN``'s
+        details (``analyze`` is ignored).
+        """
+        if not servers:
+            raise ValueError("search runs nothing without servers")
+        statements = await self._search_statements(servers, query, sort, after, limit)
+        if self._db.engine == "postgres":
+            prefix, column = ("EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "), 0
+        else:
+            prefix, column = "EXPLAIN QUERY PLAN ", 3
+        plans: dict[str, list[str]] = {}
+        async with self._search_reader(statements) as reader:
+            for name, sql, args in (
+                ("count", statements.count_sql, statements.count_args),
+                ("page", statements.page_sql, statements.page_args),
+            ):
+                plans[name] = [str(r[column]) for r in await reader.fetch(prefix + sql, *args)]
+        return plans
+
+    async def _search_statements(
+        self,
+        servers: Sequence[str],
+        query: str | None,
+        sort: SortKey,
+        after: tuple[Any, str, str] | None,
+        limit: int,
+    ) -> _SearchStatements:
+        capability = await self.search_capability()
+        return _search_statements(
+            capability, self._trigram_indexed, servers=servers, query=query, sort=sort,
+            after=after, limit=limit,
+        )
+
+    @asynccontextmanager
+    async def _search_reader(self, statements: _SearchStatements) -> AsyncIterator[Queryable]:
+        """Where a search runs: straight on the pool, or, when it needs
+        settings, in a transaction of its own that sets them for itself only
+        (``set_config(..., true)`` is ``SET LOCAL``: the pooled connection's
+        next user gets the defaults back)."""
+        if not statements.settings:
+            yield self._db
+            return
+        async with self._db.transaction("discovery_search") as txn:
+            calls = ", ".join(
+                f"set_config(${2 * i + 1}, ${2 * i + 2}, true)"
+                for i in range(len(statements.settings))
+            )
+            await txn.fetch(
+                f"SELECT {calls}", *[part for pair in statements.settings for part in pair]
+            )
+            yield txn
