@@ -18,7 +18,8 @@ ordered by relevance unless said otherwise:
 Room names, topics and aliases are drawn, seeded, from a Zipf-distributed
 vocabulary of made-up words and a few real ones, so every run builds the same
 index. Runs on SQLite (a temporary file) and on PostgreSQL (a throwaway
-database created on the server and dropped afterwards). On PostgreSQL the
+database created on ``$CONCORD_TEST_POSTGRES_URL``'s server, default
+``postgresql://postgres@127.0.0.1:5432/postgres``, and dropped afterwards). On PostgreSQL the
 searches run twice: just after the crawls (and an ANALYZE, as autovacuum
 would soon run after so many writes), while any GIN pending lists hold the
 new entries, then after a VACUUM has merged them into the indexes. Prints
@@ -27,7 +28,6 @@ searches; ``--explain`` prints each search's plans too. Usage::
 
     .venv/bin/python bench/discovery_search.py [--rooms 100000] [--servers 100]
         [--repeats 100] [--engine sqlite|postgres|both] [--explain]
-        [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import os
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from concord_harness.nodes import create_postgres_database, drop_postgres_database  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.migrations import apply_migrations  # noqa: E402
 from storage.stores.discovery import DiscoveryStore, IndexedRoom, SortKey  # noqa: E402
@@ -184,15 +184,8 @@ async def measure(url: str, label: str, rooms: int, servers: int, repeats: int,
         await db.close()
 
 
-async def with_postgres(server_url: str, rooms: int, servers: int, repeats: int,
-                        explain: bool) -> None:
-    dbname = f"concord_bench_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await admin.close()
-    url = server_url.rsplit("/", 1)[0] + "/" + dbname
+async def with_postgres(rooms: int, servers: int, repeats: int, explain: bool) -> None:
+    url = await create_postgres_database()
     try:
         maintenance = await asyncpg.connect(url)
         try:
@@ -200,11 +193,7 @@ async def with_postgres(server_url: str, rooms: int, servers: int, repeats: int,
         finally:
             await maintenance.close()
     finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_postgres_database(url)
 
 
 def main() -> None:
@@ -215,9 +204,6 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--explain", action="store_true",
                         help="print the plans of each search (DiscoveryStore.explain_search)")
-    parser.add_argument("--postgres", default=os.environ.get(
-        "CONCORD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="PostgreSQL server URL (a throwaway database is created on it and dropped)")
     args = parser.parse_args()
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.engine in ("sqlite", "both"):
@@ -225,8 +211,7 @@ def main() -> None:
             asyncio.run(measure(f"sqlite://{tmp}/bench.db", "SQLite", args.rooms,
                                 args.servers, args.repeats, None, args.explain))
     if args.engine in ("postgres", "both"):
-        asyncio.run(with_postgres(args.postgres, args.rooms, args.servers, args.repeats,
-                                  args.explain))
+        asyncio.run(with_postgres(args.rooms, args.servers, args.repeats, args.explain))
 
 
 if __name__ == "__main__":

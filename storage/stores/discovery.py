@@ -460,7 +460,10 @@ class DiscoveryStore:
         """
         if not servers:
             return [], 0
-        statements = await self._search_statements(servers, query, sort, after, limit)
+        statements = _search_statements(
+            await self.search_capability(), self._trigram_indexed, servers=servers,
+            query=query, sort=sort, after=after, limit=limit,
+        )
         async with self._search_reader(statements) as reader:
             counted = await reader.fetch(statements.count_sql, *statements.count_args)
             rows = await reader.fetch(statements.page_sql, *statements.page_args)
@@ -497,7 +500,10 @@ class DiscoveryStore:
         """
         if not servers:
             raise ValueError("search runs nothing without servers")
-        statements = await self._search_statements(servers, query, sort, after, limit)
+        statements = _search_statements(
+            await self.search_capability(), self._trigram_indexed, servers=servers,
+            query=query, sort=sort, after=after, limit=limit,
+        )
         if self._db.engine == "postgres":
             prefix, column = ("EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "), 0
         else:
@@ -510,20 +516,6 @@ class DiscoveryStore:
             ):
                 plans[name] = [str(r[column]) for r in await reader.fetch(prefix + sql, *args)]
         return plans
-
-    async def _search_statements(
-        self,
-        servers: Sequence[str],
-        query: str | None,
-        sort: SortKey,
-        after: tuple[Any, str, str] | None,
-        limit: int,
-    ) -> _SearchStatements:
-        capability = await self.search_capability()
-        return _search_statements(
-            capability, self._trigram_indexed, servers=servers, query=query, sort=sort,
-            after=after, limit=limit,
-        )
 
     @asynccontextmanager
     async def _search_reader(self, statements: _SearchStatements) -> AsyncIterator[Queryable]:
