@@ -222,14 +222,3 @@ async def test_explain_search_on_sqlite(sqlite_url: str) -> None:
     finally:
         await db.close()
 
-
-async def test_gin_indexes_keep_a_short_pending_list(pg: Database) -> None:
-    """Migration 0016: each search reads a GIN index's whole pending list."""
-    rows = await pg.fetch(
-        "SELECT relname, reloptions FROM pg_class WHERE relname IN "
-        "('discovery_rooms_fts', 'discovery_rooms_trgm') ORDER BY relname"
-    )
-    assert [(r[0], r[1]) for r in rows] == [
-        ("discovery_rooms_fts", ["gin_pending_list_limit=256"]),
-        ("discovery_rooms_trgm", ["gin_pending_list_limit=256"]),
-    ]

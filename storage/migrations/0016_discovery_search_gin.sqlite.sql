@@ -1,2 +1,0 @@
--- Room discovery search: nothing to do on SQLite (search is LIKE, no GIN
--- index); the PostgreSQL variant shortens the GIN indexes' pending lists.
