@@ -70,6 +70,12 @@ MAX_QUERY_LENGTH = 200
 #: Longest name/topic kept from a peer's directory (longer ones are cut).
 MAX_FIELD_LENGTH = 1000
 LOCAL_SOURCE = "hosted on this node"
+#: What an operator runs to index fuzzy search after installing pg_trgm
+#: (docs/usage/room_discovery.md, "PostgreSQL and pg_trgm").
+TRIGRAM_INDEX_SQL = (
+    "CREATE INDEX CONCURRENTLY discovery_rooms_trgm "
+    "ON discovery_rooms USING GIN (search_text gin_trgm_ops);"
+)
 
 
 class DiscoveryMetrics:
@@ -600,11 +606,18 @@ class Discovery:
         if self._warned_capability:
             return
         self._warned_capability = True
-        if await self.store.search_capability() == "fulltext":
+        capability = await self.store.search_capability()
+        if capability == "fulltext":
             logger.warning(
                 "Room discovery: the PostgreSQL extension pg_trgm is not installed, so search "
                 "finds exact words only (no fuzzy matches). As a superuser: "
-                "CREATE EXTENSION pg_trgm; then restart."
+                "CREATE EXTENSION pg_trgm; %s then restart.", TRIGRAM_INDEX_SQL,
+            )
+        elif capability == "fulltext+trigram" and not await self.store.trigram_indexed():
+            logger.warning(
+                "Room discovery: pg_trgm is installed but the trigram index is missing, so "
+                "every fuzzy search tests every indexed room. As a superuser: %s then restart.",
+                TRIGRAM_INDEX_SQL,
             )
 
     # -- admin view ---------------------------------------------------------------------------

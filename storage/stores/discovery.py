@@ -272,6 +272,12 @@ class DiscoveryStore:
                 self._trigram_indexed = bool(row[0] and row[1])
         return self._capability
 
+    async def trigram_indexed(self) -> bool:
+        """Whether fuzzy matches go through ``discovery_rooms_trgm`` (pg_trgm
+        installed after migration 0014 leaves them unindexed)."""
+        await self.search_capability()
+        return self._trigram_indexed
+
     # -- peers --------------------------------------------------------------------------------
 
     async def ensure_peer(self, server_name: str, now_ms: int) -> None:

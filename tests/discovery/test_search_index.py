@@ -4,15 +4,20 @@ serve keeps its threshold and ranking."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from federation.clock import FakeClock
+from homeserver.discovery.service import TRIGRAM_INDEX_SQL, build_discovery
 from storage.database import Database
 from storage.migrations import apply_migrations
 from storage.stores.discovery import DiscoveryStore, IndexedRoom, SortKey
+from tests.discovery.helpers import start_nodes
 
 SERVERS = ["a.test", "b.test", "c.test"]
 ROOMS_PER_SERVER = 1000
@@ -222,3 +227,31 @@ async def test_explain_search_on_sqlite(sqlite_url: str) -> None:
     finally:
         await db.close()
 
+
+
+@pytest.mark.parametrize("missing", ["index", "extension"])
+async def test_first_search_warns_with_the_statement_to_run(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture, missing: str
+) -> None:
+    """The operator is told, once, what to run: the trigram index when pg_trgm
+    came after migration 0014, both statements when pg_trgm is missing."""
+    clock = FakeClock()
+    (a,) = await start_nodes(tmp_path, ["a.test"], clock,
+                             database_urls={"a.test": postgres_url})
+    try:
+        if missing == "index":
+            await _admin(postgres_url, "DROP INDEX discovery_rooms_trgm")
+        else:
+            await _admin(postgres_url, "DROP EXTENSION pg_trgm CASCADE")
+        d = build_discovery(a.hs)
+        caplog.set_level(logging.WARNING, logger="homeserver.discovery.service")
+        for _ in range(2):
+            await d.search(tenant="a.test", query="photgraphy", limit=None, since=None,
+                           server=None, sort=None)
+        warnings = [r.getMessage() for r in caplog.records
+                    if r.name == "homeserver.discovery.service"]
+        assert len(warnings) == 1, warnings
+        assert TRIGRAM_INDEX_SQL in warnings[0]
+        assert ("CREATE EXTENSION pg_trgm" in warnings[0]) == (missing == "extension")
+    finally:
+        await a.hs.stop()
