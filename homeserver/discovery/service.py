@@ -264,19 +264,34 @@ class Discovery:
                 logger.info("Discovery: %s is no longer crawled; its rooms leave the index",
                             peer.server_name)
                 await self.store.forget_peer(peer.server_name)
-                self._forget_metrics(peer.server_name)
         for t in targets.values():
             await self.store.ensure_peer(t.server_name, now)
             if t.local:
                 await self.store.set_state(t.server_name, "online", LOCAL_SOURCE, now)
+        # Not under the crawl lock (an admin's remove_peer does not wait for a
+        # round): a crawl that was under way may have written a forgotten
+        # peer's rooms back; they go on the next reconcile.
+        await self.store.forget_orphan_rooms()
+        for server in self._metric_servers() - set(targets):
+            self._forget_metrics(server)
         return targets
+
+    def _per_server_metrics(self) -> tuple[Gauge, Histogram, Counter]:
+        return (self.metrics.rooms_indexed, self.metrics.crawl_duration,
+                self.metrics.crawl_failures)
 
     def _forget_metrics(self, server_name: str) -> None:
         """A forgotten peer's series go too (peers come and go through the
         admin API: their labels must not pile up)."""
-        for metric in (self.metrics.rooms_indexed, self.metrics.crawl_duration,
-                       self.metrics.crawl_failures):
+        for metric in self._per_server_metrics():
             metric.remove(server_name)
+
+    def _metric_servers(self) -> set[str]:
+        """Every server some per-server series is labelled with."""
+        return {
+            s.labels["server"] for metric in self._per_server_metrics()
+            for m in metric.collect() for s in m.samples
+        }
 
     def _gauge_servers(self) -> set[str]:
         return {

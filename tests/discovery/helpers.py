@@ -9,6 +9,7 @@ generated directory, so 500 rooms cost no event graph.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,10 @@ class SyntheticPeer:
         self.requests: list[str] = []
         #: Endpoints ("version", "keys", "publicRooms") answering 500 for now.
         self.failing: set[str] = set()
+        #: While set, publicRooms waits for it (a crawl held mid-way);
+        #: ``directory_asked`` is set when such a request arrives.
+        self.hold_directory: asyncio.Event | None = None
+        self.directory_asked = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -113,6 +118,9 @@ class SyntheticPeer:
     async def _public_rooms(self, request: web.Request) -> web.Response:
         if (failed := self._failure("publicRooms")) is not None:
             return failed
+        self.directory_asked.set()
+        if self.hold_directory is not None:
+            await self.hold_directory.wait()
         limit = int(request.query.get("limit", "0"))
         start = int(request.query.get("since", "0"))
         end = len(self.rooms) if not limit else min(len(self.rooms), start + limit)
