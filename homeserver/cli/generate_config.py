@@ -115,11 +115,14 @@ def _host_of(server_name: str) -> str:
     return server_name.rsplit(":", 1)[0] if ":" in server_name else server_name
 
 
-def write_self_signed_certificate(host: str, cert_path: str, key_path: str) -> None:
+def write_self_signed_certificate(
+    host: str, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+) -> None:
     """A self-signed P-256 certificate for ``host`` (DNS name or IP), valid ten years.
 
     It is its own CA (basicConstraints CA:TRUE) so a test peer can trust it
-    through ``federation.ca_file``.
+    through ``federation.ca_file``, and a client (or a Synapse under test) can
+    verify it by loading it as its CA file. The key is written with mode 0600.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

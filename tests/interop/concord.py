@@ -20,11 +20,12 @@ from aiohttp.typedefs import Handler
 from signedjson.key import generate_signing_key, write_signing_keys
 
 from federation.clock import Clock, RealClock
+from homeserver.cli.generate_config import write_self_signed_certificate
 from homeserver.config import ListenerType, parse_config
 from homeserver.http.x_matrix import authenticated_origin
 from homeserver.rest import REGISTRARS, Registrar
 from homeserver.server import HomeServer, StartupError
-from tests.interop.synapse import free_port, write_self_signed_certificate
+from tests.interop.synapse import free_port
 
 __all__ = [
     "START_ATTEMPTS",

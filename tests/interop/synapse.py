@@ -24,11 +24,9 @@ listener serves both the client and the federation APIs.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import secrets
@@ -50,6 +48,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from homeserver.cli.generate_config import write_self_signed_certificate
+
 __all__ = [
     "REGISTRATION_SHARED_SECRET",
     "SYNAPSE_VERSION",
@@ -65,7 +65,6 @@ __all__ = [
     "free_port",
     "start_synapse",
     "synapse_venv_dir",
-    "write_self_signed_certificate",
 ]
 
 #: The Synapse the interop tests run against. Bump deliberately: a new version
@@ -244,47 +243,7 @@ def _install(venv: Path, version: str, base_python: str) -> None:
 
 
 # --------------------------------------------------------------------------
-# Certificates and ports
-
-
-def write_self_signed_certificate(host: str, cert_path: Path, key_path: Path) -> None:
-    """A self-signed P-256 certificate for ``host`` (IP literal or DNS name).
-
-    It is its own CA, so a client can verify it by loading it as the CA file.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        san = x509.DNSName(host)
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+# Ports
 
 
 def free_port() -> int:
