@@ -11,9 +11,7 @@ round). Exit status 0 on success, 1 with a one-line reason otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +19,8 @@ import aiohttp
 
 from federation.clock import RealClock
 from federation.errors import MatrixError
-from homeserver.config import ConfigError, HomeserverConfig, load_config
+from homeserver.cli._common import open_database, run_with_config
+from homeserver.config import HomeserverConfig
 from homeserver.discovery.service import Discovery, discovery_for
 from homeserver.keys import KeyService
 from homeserver.metrics import Metrics
@@ -29,9 +28,7 @@ from homeserver.server import federation_ssl_context
 from homeserver.signing_key import SigningKeyError, read_signing_key_file
 from homeserver.tenants import TenantError, TenantRegistry
 from homeserver.trust_domain import TrustDomain
-from storage.database import Database
 from storage.errors import StorageError
-from storage.migrations import apply_migrations
 
 __all__ = ["add_parser"]
 
@@ -64,15 +61,13 @@ def add_parser(subparsers: Any) -> None:
 async def _open(config: HomeserverConfig) -> tuple[Discovery, Any]:
     clock = RealClock()
     signing_keys = read_signing_key_file(config.signing_key_path)
-    db = await Database.open(config.database.url,
-                             connect_timeout=config.database.connect_timeout / 1000)
+    db = await open_database(config)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=federation_ssl_context(config)))
     node = SimpleNamespace(config=config, clock=clock, database=db, http_client=session,
                            signing_keys=signing_keys, server_name=config.server_name,
                            metrics=Metrics(), tenants=None, trust=None, keys=None)
     try:
-        await apply_migrations(db)
         node.tenants = await TenantRegistry.load(
             config=config, database=db, clock=clock, primary_signing_keys=signing_keys)
         node.keys = KeyService.build(config=config, clock=clock, database=db, session=session,
@@ -141,17 +136,7 @@ def _print(values: dict[str, Any], as_json: bool, line: Any) -> None:
 
 
 def run_discovery(args: argparse.Namespace) -> int:
-    prog = f"homeserver discovery {args.action}"
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"{prog}: {args.config}: invalid configuration:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    try:
-        asyncio.run(_run(args, config))
-    except (TenantError, StorageError, SigningKeyError, MatrixError, OSError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_with_config(
+        f"homeserver discovery {args.action}", args.config, lambda config: _run(args, config),
+        (TenantError, StorageError, SigningKeyError, MatrixError, OSError),
+    )

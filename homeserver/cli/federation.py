@@ -11,14 +11,13 @@ on success, 1 with a one-line reason otherwise. docs/usage/delivery.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any, TextIO
 
 from federation.clock import RealClock
-from homeserver.cli.tenant import open_registry
-from homeserver.config import ConfigError, load_config
+from homeserver.cli._common import open_registry, run_with_config
+from homeserver.config import HomeserverConfig
 from homeserver.federation_sender.admin import (
     DeliveryAdmin,
     ReplayScopeError,
@@ -230,8 +229,7 @@ async def _replay(admin: DeliveryAdmin, args: argparse.Namespace, now: int) -> N
         print(f"{args.destination}: queue empty (delivered, or see dead-letters)")
 
 
-async def _run(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
+async def _run(args: argparse.Namespace, config: HomeserverConfig) -> None:
     db, registry = await open_registry(config)
     clock = RealClock()
     try:
@@ -250,15 +248,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def run_federation(args: argparse.Namespace) -> int:
-    prog = f"homeserver federation {args.action}"
-    try:
-        asyncio.run(_run(args))
-    except ConfigError as e:
-        print(f"{prog}: {args.config}: invalid configuration:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    except (CliError, TenantError, StorageError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_with_config(
+        f"homeserver federation {args.action}", args.config, lambda config: _run(args, config),
+        (CliError, TenantError, StorageError),
+    )

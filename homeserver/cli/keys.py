@@ -10,14 +10,13 @@ status 0 on success, 1 with a one-line reason otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from federation.clock import RealClock
-from homeserver.config import ConfigError, HomeserverConfig, load_config, parse_duration
+from homeserver.cli._common import open_database, run_with_config
+from homeserver.config import HomeserverConfig, parse_duration
 from homeserver.key_rotation import (
     KeyInfo,
     KeyRotationError,
@@ -27,7 +26,6 @@ from homeserver.key_rotation import (
 )
 from storage.database import Database
 from storage.errors import StorageError
-from storage.migrations import apply_migrations
 from storage.stores.tenants import TenantStore
 
 __all__ = ["DEFAULT_OVERLAP", "add_parser"]
@@ -95,11 +93,8 @@ def _describe(k: KeyInfo, now_ms: int) -> str:
 
 
 async def _run(args: argparse.Namespace, config: HomeserverConfig) -> None:
-    db = await Database.open(
-        config.database.url, connect_timeout=config.database.connect_timeout / 1000
-    )
+    db = await open_database(config)
     try:
-        await apply_migrations(db)
         name, path = await _key_path(db, config, args.tenant)
         now = RealClock().time_ms()
         if args.action == "rotate":
@@ -125,17 +120,7 @@ async def _run(args: argparse.Namespace, config: HomeserverConfig) -> None:
 
 
 def run_keys(args: argparse.Namespace) -> int:
-    prog = f"homeserver keys {args.action}"
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"{prog}: {args.config}: invalid configuration:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    try:
-        asyncio.run(_run(args, config))
-    except (KeyRotationError, StorageError, ValueError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_with_config(
+        f"homeserver keys {args.action}", args.config, lambda config: _run(args, config),
+        (KeyRotationError, StorageError, ValueError),
+    )

@@ -11,6 +11,7 @@ import asyncio
 import sys
 from typing import Any
 
+from homeserver.cli._common import report_config_error
 from homeserver.config import ConfigError, load_config
 from storage.database import Database
 from storage.errors import StorageError
@@ -37,10 +38,7 @@ def migrate(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        print(f"homeserver migrate: {args.config}: invalid configuration:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+        return report_config_error("homeserver migrate", args.config, e)
     # The config holds durations in milliseconds.
     timeout_s = config.database.connect_timeout / 1000
     try:

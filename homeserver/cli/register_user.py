@@ -16,7 +16,7 @@ from typing import Any
 
 from federation.clock import RealClock
 from federation.errors import MatrixError
-from homeserver.cli.tenant import open_registry
+from homeserver.cli._common import open_registry, report_config_error
 from homeserver.config import ConfigError, HomeserverConfig, load_config
 from homeserver.handlers.accounts import MAX_PASSWORD_LENGTH, check_localpart
 from homeserver.passwords import PasswordHasher
@@ -83,10 +83,7 @@ def register_user(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        print(f"homeserver register-user: {args.config}: invalid configuration:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+        return report_config_error("homeserver register-user", args.config, e)
     try:
         user_id = asyncio.run(_register(args, config))
     except (TenantError, StorageError) as e:

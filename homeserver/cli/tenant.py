@@ -12,19 +12,16 @@ reason otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from homeserver.config import ConfigError, HomeserverConfig, load_config
-from homeserver.tenants import Quotas, TenantError, TenantRegistry, TenantState
-from storage.database import Database
+from homeserver.cli._common import open_registry, run_with_config
+from homeserver.config import HomeserverConfig
+from homeserver.tenants import Quotas, TenantError, TenantState
 from storage.errors import StorageError
-from storage.migrations import apply_migrations
 
-__all__ = ["add_parser", "open_registry"]
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -70,22 +67,6 @@ def add_parser(subparsers: Any) -> None:
     action("suspend", "Suspend a tenant: its client API answers 403, its federation stops.")
     action("resume", "Resume a suspended tenant.")
     action("remove", "Remove a tenant created at run time, with its accounts and tokens.")
-
-
-async def open_registry(config: HomeserverConfig) -> tuple[Database, TenantRegistry]:
-    """The node's database (migrated) and its tenant registry, for CLI tools."""
-    db = await Database.open(
-        config.database.url, connect_timeout=config.database.connect_timeout / 1000
-    )
-    try:
-        await apply_migrations(db)
-        from federation.clock import RealClock
-
-        registry = await TenantRegistry.load(config=config, database=db, clock=RealClock())
-    except BaseException:
-        await db.close()
-        raise
-    return db, registry
 
 
 def _print_tenant(t: dict[str, Any], as_json: bool) -> None:
@@ -144,17 +125,7 @@ async def _run(args: argparse.Namespace, config: HomeserverConfig) -> None:
 
 
 def run_tenant(args: argparse.Namespace) -> int:
-    prog = f"homeserver tenant {args.action}"
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"{prog}: {args.config}: invalid configuration:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    try:
-        asyncio.run(_run(args, config))
-    except (TenantError, StorageError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_with_config(
+        f"homeserver tenant {args.action}", args.config, lambda config: _run(args, config),
+        (TenantError, StorageError),
+    )
