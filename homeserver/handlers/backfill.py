@@ -35,11 +35,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
 from urllib.parse import quote
 
 from federation.clock import Clock
-from federation.errors import MatrixError
 from federation.events import Event
 from federation.keyring import Keyring
 from federation.room_versions import RoomVersion, get_room_version
@@ -69,7 +67,6 @@ MAX_BACKFILL_POINTS = 5
 MAX_AUTH_FETCHES = 50
 #: Events whose whole auth chain is fetched (GET /event_auth) per batch.
 MAX_AUTH_CHAIN_FETCHES = 3
-FETCH_CONCURRENCY = 10
 #: After every server failed for a set of extremities, the seconds before
 #: a page asks again (each page would otherwise ask every server anew).
 RETRY_AFTER_S = 60.0
@@ -89,7 +86,6 @@ class PaginationBackfiller:
     ) -> None:
         self._db = db
         self._events = events
-        self._keyring = keyring
         self._client = client
         self._clock = clock
         self._timeline = RoomTimelineStore(db)
@@ -143,7 +139,7 @@ class PaginationBackfiller:
                 continue
             got: dict[str, Event] = {}
             for pdu in pdus[:batch]:
-                ev = await self._verify(pdu, rv, room_id)
+                ev = await self._fetcher.verify(pdu, rv, room_id, what="Backfilled")
                 if ev is not None:
                     got[ev.event_id] = ev
             stored = await self._store(tenant, server, rv, room_id, got)
@@ -172,21 +168,6 @@ class PaginationBackfiller:
         counts.pop(tenant, None)
         return sorted(counts, key=lambda s: (-counts[s], s))
 
-    async def _verify(self, pdu: Any, rv: RoomVersion, room_id: str) -> Event | None:
-        """Receipt checks 1-3; ``None`` (logged) if the PDU fails them."""
-        if not isinstance(pdu, dict):
-            return None
-        try:
-            verified = await self._keyring.verify_pdu(pdu, rv)
-        except MatrixError as e:
-            logger.info("Backfilled event in %s dropped: %s", room_id, e.msg)
-            return None
-        ev = verified.event
-        if ev.room_id != room_id:
-            logger.info("Backfilled event %s is not in %s; dropped", ev.event_id, room_id)
-            return None
-        return ev
-
     async def _fetch_auth(
         self, tenant: str, server: str, rv: RoomVersion, room_id: str,
         events: Iterable[Event],
@@ -198,15 +179,9 @@ class PaginationBackfiller:
         missing = needed - await self._events.have_events(tenant, needed)
         if not missing:
             return
-        gate = asyncio.Semaphore(FETCH_CONCURRENCY)
-
-        async def one(eid: str) -> Event | None:
-            async with gate:
-                return await self._fetcher.fetch_event(tenant, server, eid, rv, room_id)
-
         wanted = sorted(missing)[:MAX_AUTH_FETCHES]
-        fetched = [ev for ev in await asyncio.gather(*(one(e) for e in wanted)) if ev]
-        await self._fetcher.persist_outliers(tenant, {ev.event_id: ev for ev in fetched})
+        fetched = await self._fetcher.fetch_many(tenant, server, wanted, rv, room_id)
+        await self._fetcher.persist_outliers(tenant, fetched)
         # Auth events whose own auth chain is unknown too: the whole chain.
         still = needed - await self._events.have_events(tenant, needed)
         if still:

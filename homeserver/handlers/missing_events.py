@@ -108,18 +108,21 @@ class MissingEventsFetcher:
 
     # -- fetching and checking single events ---------------------------------------
 
-    async def _verify(self, pdu: Any, rv: RoomVersion, room_id: str) -> Event | None:
-        """Receipt checks 1-3 on a fetched PDU; ``None`` (logged) if it fails."""
+    async def verify(
+        self, pdu: Any, rv: RoomVersion, room_id: str, *, what: str = "Fetched"
+    ) -> Event | None:
+        """Receipt checks 1-3 on a PDU another server sent us, and that it is
+        in ``room_id``; ``None`` (logged as ``what`` event) if it fails."""
         if not isinstance(pdu, dict):
             return None
         try:
             verified = await self._keyring.verify_pdu(pdu, rv)
         except MatrixError as e:
-            logger.info("Fetched event in %s dropped: %s", room_id, e.msg)
+            logger.info("%s event in %s dropped: %s", what, room_id, e.msg)
             return None
         ev = verified.event
         if ev.room_id != room_id:
-            logger.info("Fetched event %s is not in %s; dropped", ev.event_id, room_id)
+            logger.info("%s event %s is not in %s; dropped", what, ev.event_id, room_id)
             return None
         return ev
 
@@ -138,16 +141,18 @@ class MissingEventsFetcher:
         if not isinstance(pdus, list) or len(pdus) != 1:
             logger.info("%s answered GET /event/%s without one PDU", origin, event_id)
             return None
-        ev = await self._verify(pdus[0], rv, room_id)
+        ev = await self.verify(pdus[0], rv, room_id)
         if ev is not None and ev.event_id != event_id:
             logger.info("%s answered GET /event/%s with %s", origin, event_id, ev.event_id)
             return None
         return ev
 
-    async def _fetch_many(
+    async def fetch_many(
         self, tenant: str, origin: str, event_ids: Iterable[str], rv: RoomVersion,
         room_id: str,
     ) -> dict[str, Event]:
+        """:meth:`fetch_event` for each of ``event_ids``, a few at a time; the
+        events that could be fetched and checked."""
         gate = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def one(eid: str) -> Event | None:
@@ -217,7 +222,7 @@ class MissingEventsFetcher:
             return
         fetched: dict[str, Event] = {}
         for pdu in chain[:MAX_EVENTS_PER_GAP]:
-            ev = await self._verify(pdu, event.room_version, room_id)
+            ev = await self.verify(pdu, event.room_version, room_id)
             if ev is not None:
                 fetched[ev.event_id] = ev
         await self.persist_outliers(tenant, fetched)
@@ -256,7 +261,7 @@ class MissingEventsFetcher:
             return 0
         got: list[Event] = []
         for pdu in pdus[: MISSING_EVENTS_LIMIT * 2]:
-            ev = await self._verify(pdu, event.room_version, room_id)
+            ev = await self.verify(pdu, event.room_version, room_id)
             if ev is not None and ev.event_id != event.event_id:
                 got.append(ev)
         logger.info("get_missing_events for %s from %s: %d events",
@@ -310,7 +315,7 @@ class MissingEventsFetcher:
             return
         logger.info("Filling the gap at %s in %s from %s: state of %d, fetching %d events",
                     prev_id, room_id, origin, len(pdu_ids), len(missing))
-        fetched = await self._fetch_many(tenant, origin, sorted(missing), rv, room_id)
+        fetched = await self.fetch_many(tenant, origin, sorted(missing), rv, room_id)
         await self.persist_outliers(tenant, fetched)
 
         async with self._db.transaction("persist_gap_event") as txn:
