@@ -25,7 +25,7 @@ import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlencode
 
 import aiohttp
@@ -42,6 +42,7 @@ __all__ = [
     "FederationClient",
     "FederationClientError",
     "FederationHttpError",
+    "RequestOptions",
     "base_url_for",
 ]
 
@@ -94,6 +95,15 @@ def base_url_for(destination: str) -> str:
     if sep and port.isdigit():
         return f"https://{host}:{port}"
     return f"https://{destination}:{DEFAULT_FEDERATION_PORT}"
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`FederationClient.request_json` that
+    ``get_json``, ``post_json`` and ``put_json`` pass on (all optional)."""
+
+    query: Mapping[str, Any] | None
+    origin: str | None
+    timeout_s: float | None
 
 
 class FederationClient:
@@ -168,45 +178,22 @@ class FederationClient:
         return slot
 
     async def get_json(
-        self,
-        destination: str,
-        path: str,
-        *,
-        query: Mapping[str, Any] | None = None,
-        origin: str | None = None,
-        timeout_s: float | None = None,
+        self, destination: str, path: str, **options: Unpack[RequestOptions]
     ) -> Any:
-        return await self.request_json(
-            "GET", destination, path, query=query, origin=origin, timeout_s=timeout_s
-        )
+        """``GET``: :meth:`request_json` without a body."""
+        return await self.request_json("GET", destination, path, **options)
 
     async def post_json(
-        self,
-        destination: str,
-        path: str,
-        body: Any,
-        *,
-        query: Mapping[str, Any] | None = None,
-        origin: str | None = None,
-        timeout_s: float | None = None,
+        self, destination: str, path: str, body: Any, **options: Unpack[RequestOptions]
     ) -> Any:
-        return await self.request_json(
-            "POST", destination, path, body=body, query=query, origin=origin, timeout_s=timeout_s
-        )
+        """``POST`` ``body``: :meth:`request_json`."""
+        return await self.request_json("POST", destination, path, body=body, **options)
 
     async def put_json(
-        self,
-        destination: str,
-        path: str,
-        body: Any,
-        *,
-        query: Mapping[str, Any] | None = None,
-        origin: str | None = None,
-        timeout_s: float | None = None,
+        self, destination: str, path: str, body: Any, **options: Unpack[RequestOptions]
     ) -> Any:
-        return await self.request_json(
-            "PUT", destination, path, body=body, query=query, origin=origin, timeout_s=timeout_s
-        )
+        """``PUT`` ``body``: :meth:`request_json`."""
+        return await self.request_json("PUT", destination, path, body=body, **options)
 
     async def request_json(
         self,
