@@ -3,14 +3,21 @@
 Each node is a HomeServer (listeners on 127.0.0.1 port 0) sharing one
 FakeClock; their federation clients route every other node's name to its
 bound port (``destination_overrides``), as names cannot carry OS-chosen ports.
+:func:`client_pair` starts two such nodes that also serve the client API,
+whose users (:class:`ClientUser`) log in with :meth:`ClientPair.login`.
 """
 
 from __future__ import annotations
 
 import io
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from signedjson.key import generate_signing_key, write_signing_keys
 
 from federation.clock import FakeClock
@@ -98,3 +105,79 @@ async def settle(nodes: list[Node]) -> None:
             await n.sender.wait_until_idle()
         if all(n.sender.running_queues == 0 for n in nodes):
             return
+
+
+#: A federation and a client listener, both on 127.0.0.1 port 0.
+CLIENT_LISTENERS = [
+    {"type": "federation", "port": 0, "bind_addresses": ["127.0.0.1"]},
+    {"type": "client", "port": 0, "bind_addresses": ["127.0.0.1"]},
+]
+
+
+@dataclass
+class ClientUser:
+    """A logged-in user of one node, calling its Client-Server API."""
+
+    session: aiohttp.ClientSession
+    base: str
+    token: str
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   params: dict[str, str] | None = None) -> tuple[int, Any]:
+        async with self.session.request(
+            method, f"{self.base}/_matrix/client/v3{path}", json=body, params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
+        ) as r:
+            return r.status, await r.json()
+
+    async def ok(self, method: str, path: str, body: Any = None,
+                 params: dict[str, str] | None = None) -> Any:
+        status, got = await self.call(method, path, body, params)
+        assert status == 200, (path, status, got)
+        return got
+
+    async def sync(self, since: str | None = None, timeout_ms: int = 0) -> Any:
+        params = {"timeout": str(timeout_ms)}
+        if since is not None:
+            params["since"] = since
+        return await self.ok("GET", "/sync", params=params)
+
+
+@dataclass
+class ClientPair:
+    """Nodes ``a.test`` and ``b.test``, linked, serving the client API too."""
+
+    a: Node
+    b: Node
+    clock: FakeClock
+    session: aiohttp.ClientSession
+
+    async def login(self, node: Node, user_id: str, device_id: str | None = None
+                    ) -> ClientUser:
+        """Create ``user_id`` on the node's own tenant and log it in (a new device)."""
+        now_ms = self.clock.time_ms()
+        store = await node.hs.tenants.primary.user_store()
+        await store.create_user(user_id, None, admin=False, now_ms=now_ms)
+        token = secrets.token_urlsafe(24)
+        await store.login(user_id, device_id or "DEV" + secrets.token_hex(4), token,
+                          now_ms=now_ms)
+        return ClientUser(self.session, node.hs.base_url("client"), token)
+
+
+@asynccontextmanager
+async def client_pair(d: Path, b_database_url: str | None = None) -> AsyncIterator[ClientPair]:
+    """A :class:`ClientPair` on a new FakeClock: A on SQLite, B on
+    ``b_database_url`` (else SQLite); both stopped when the block ends."""
+    clock = FakeClock()
+    a = await start_node(d / "a", "a.test", clock, extra={"listeners": CLIENT_LISTENERS})
+    try:
+        b = await start_node(d / "b", "b.test", clock, database_url=b_database_url,
+                             extra={"listeners": CLIENT_LISTENERS})
+        try:
+            link([a, b])
+            async with aiohttp.ClientSession() as session:
+                yield ClientPair(a, b, clock, session)
+        finally:
+            await b.hs.stop()
+    finally:
+        await a.hs.stop()

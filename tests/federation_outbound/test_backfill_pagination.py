@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Collection
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 
 from federation.clock import FakeClock
@@ -21,73 +21,29 @@ from federation.room_versions import ROOM_V10, ROOM_V11, RoomVersion
 from homeserver.federation_sender.outbox import OutboxWriter
 from homeserver.handlers.event_creation import EventCreationHandler
 from storage.database import Transaction
-from tests.federation_outbound.nodes import Node, link, settle, start_node
+from tests.federation_outbound.nodes import ClientUser, Node, client_pair, settle
 
 ALICE = "@alice:a.test"
 BOB = "@bob:b.test"
-LISTENERS = [
-    {"type": "federation", "port": 0, "bind_addresses": ["127.0.0.1"]},
-    {"type": "client", "port": 0, "bind_addresses": ["127.0.0.1"]},
-]
-
-
-@dataclass
-class User:
-    session: aiohttp.ClientSession
-    base: str
-    token: str
-
-    async def call(self, method: str, path: str, body: Any = None,
-                   params: dict[str, str] | None = None) -> tuple[int, Any]:
-        async with self.session.request(
-            method, f"{self.base}/_matrix/client/v3{path}", json=body, params=params,
-            headers={"Authorization": f"Bearer {self.token}"},
-        ) as r:
-            return r.status, await r.json()
-
-    async def ok(self, method: str, path: str, body: Any = None,
-                 params: dict[str, str] | None = None) -> Any:
-        status, got = await self.call(method, path, body, params)
-        assert status == 200, (path, status, got)
-        return got
 
 
 @dataclass
 class Pair:
     a: Node
     b: Node
-    bob: User
+    bob: ClientUser
     clock: FakeClock
 
 
 @pytest.fixture
 async def pair_factory(tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[Node] = []
-    sessions: list[aiohttp.ClientSession] = []
+    async with AsyncExitStack() as stack:
 
-    async def make(b_database_url: str | None = None) -> Pair:
-        clock = FakeClock()
-        a = await start_node(tmp_path / "a", "a.test", clock, extra={"listeners": LISTENERS})
-        started.append(a)
-        b = await start_node(tmp_path / "b", "b.test", clock, database_url=b_database_url,
-                             extra={"listeners": LISTENERS})
-        started.append(b)
-        link([a, b])
-        store = await b.hs.tenants.primary.user_store()
-        await store.create_user(BOB, None, admin=False, now_ms=clock.time_ms())
-        token = secrets.token_urlsafe(24)
-        await store.login(BOB, "BOBDEV", token, now_ms=clock.time_ms())
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        return Pair(a, b, User(session, b.hs.base_url("client"), token), clock)
+        async def make(b_database_url: str | None = None) -> Pair:
+            p = await stack.enter_async_context(client_pair(tmp_path, b_database_url))
+            return Pair(p.a, p.b, await p.login(p.b, BOB, "BOBDEV"), p.clock)
 
-    try:
         yield make
-    finally:
-        for s in sessions:
-            await s.close()
-        for n in reversed(started):
-            await n.hs.stop()
 
 
 async def join_with_history_limit(p: Pair, room: str, limit: int) -> None:
@@ -98,7 +54,7 @@ async def join_with_history_limit(p: Pair, room: str, limit: int) -> None:
     await settle([p.a, p.b])
 
 
-async def page_all(user: User, room: str, direction: str, limit: int) -> list[dict[str, Any]]:
+async def page_all(user: ClientUser, room: str, direction: str, limit: int) -> list[dict[str, Any]]:
     """Every event of ``/messages`` in one direction, from its default start."""
     out: list[dict[str, Any]] = []
     token: str | None = None

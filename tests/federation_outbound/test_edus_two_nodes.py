@@ -10,91 +10,41 @@ once per storage engine.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 
-from federation.clock import FakeClock
 from federation.room_versions import ROOM_V11
-from homeserver.server import HomeServer
-from tests.federation_outbound.nodes import Node, link, settle, start_node
+from tests.federation_outbound.nodes import ClientUser, Node, client_pair, settle
 
 ALICE = "@alice:a.test"
 CAROL = "@carol:a.test"
 BOB = "@bob:b.test"
-LISTENERS = [
-    {"type": "federation", "port": 0, "bind_addresses": ["127.0.0.1"]},
-    {"type": "client", "port": 0, "bind_addresses": ["127.0.0.1"]},
-]
-
-
-@dataclass
-class User:
-    session: aiohttp.ClientSession
-    base: str
-    token: str
-
-    async def ok(self, method: str, path: str, body: Any = None,
-                 params: dict[str, str] | None = None) -> Any:
-        async with self.session.request(
-            method, f"{self.base}/_matrix/client/v3{path}", json=body, params=params,
-            headers={"Authorization": f"Bearer {self.token}"},
-        ) as r:
-            got = await r.json()
-            assert r.status == 200, (path, r.status, got)
-            return got
-
-    async def sync(self, since: str | None = None) -> Any:
-        params = {"timeout": "0"}
-        if since is not None:
-            params["since"] = since
-        return await self.ok("GET", "/sync", params=params)
 
 
 @dataclass
 class Pair:
     a: Node
     b: Node
-    alice: User
-    bob: User
+    alice: ClientUser
+    bob: ClientUser
     room_id: str
-
-
-async def login(hs: HomeServer, session: aiohttp.ClientSession, user_id: str,
-                now_ms: int) -> User:
-    store = await hs.tenants.primary.user_store()
-    await store.create_user(user_id, None, admin=False, now_ms=now_ms)
-    token = secrets.token_urlsafe(24)
-    await store.login(user_id, "DEV" + secrets.token_hex(4), token, now_ms=now_ms)
-    return User(session, hs.base_url("client"), token)
 
 
 @pytest.fixture
 async def pair(tmp_path: Path, database_url: str) -> AsyncIterator[Pair]:
     """Alice on node A (SQLite) and Bob on node B (each engine) in Alice's room."""
-    clock = FakeClock()
-    a = await start_node(tmp_path / "a", "a.test", clock, extra={"listeners": LISTENERS})
-    b = await start_node(tmp_path / "b", "b.test", clock, database_url=database_url,
-                         extra={"listeners": LISTENERS})
-    link([a, b])
-    session = aiohttp.ClientSession()
-    try:
-        alice = await login(a.hs, session, ALICE, clock.time_ms())
-        bob = await login(b.hs, session, BOB, clock.time_ms())
-        room = await a.create_room(ALICE, ROOM_V11)
-        await b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
-        await settle([a, b])
-        yield Pair(a, b, alice, bob, room)
-    finally:
-        await session.close()
-        await b.hs.stop()
-        await a.hs.stop()
+    async with client_pair(tmp_path, database_url) as p:
+        alice = await p.login(p.a, ALICE)
+        bob = await p.login(p.b, BOB)
+        room = await p.a.create_room(ALICE, ROOM_V11)
+        await p.b.remote_rooms.remote_join("b.test", BOB, room, ["a.test"], {})
+        await settle([p.a, p.b])
+        yield Pair(p.a, p.b, alice, bob, room)
 
 
 def ephemeral(resp: dict[str, Any], room_id: str, event_type: str) -> list[dict[str, Any]]:

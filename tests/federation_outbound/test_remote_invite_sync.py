@@ -8,77 +8,33 @@ under ``rooms.leave``). Spec: client-server-api "Syncing" (``rooms.invite``,
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 
-from federation.clock import FakeClock
 from federation.room_versions import ROOM_V11, ROOM_V12, RoomVersion
-from tests.federation_outbound.nodes import Node, link, settle, start_node
+from tests.federation_outbound.nodes import ClientUser, Node, client_pair, settle
 
 ALICE = "@alice:a.test"
 BOB = "@bob:b.test"
-LISTENERS = [
-    {"type": "federation", "port": 0, "bind_addresses": ["127.0.0.1"]},
-    {"type": "client", "port": 0, "bind_addresses": ["127.0.0.1"]},
-]
-
-
-@dataclass
-class Bob:
-    session: aiohttp.ClientSession
-    base: str
-    token: str
-
-    async def ok(self, method: str, path: str, body: Any = None,
-                 params: dict[str, str] | None = None) -> Any:
-        async with self.session.request(
-            method, f"{self.base}/_matrix/client/v3{path}", json=body, params=params,
-            headers={"Authorization": f"Bearer {self.token}"},
-        ) as r:
-            got = await r.json()
-            assert r.status == 200, (path, r.status, got)
-            return got
-
-    async def sync(self, since: str | None = None, timeout_ms: int = 0) -> Any:
-        params = {"timeout": str(timeout_ms)}
-        if since is not None:
-            params["since"] = since
-        return await self.ok("GET", "/sync", params=params)
 
 
 @dataclass
 class Pair:
     a: Node
     b: Node
-    bob: Bob
+    bob: ClientUser
 
 
 @pytest.fixture
 async def pair(tmp_path: Path, database_url: str) -> AsyncIterator[Pair]:
     """Node A (SQLite) and node B (each engine), with bob logged in on B."""
-    clock = FakeClock()
-    a = await start_node(tmp_path / "a", "a.test", clock, extra={"listeners": LISTENERS})
-    b = await start_node(tmp_path / "b", "b.test", clock, database_url=database_url,
-                         extra={"listeners": LISTENERS})
-    link([a, b])
-    store = await b.hs.tenants.primary.user_store()
-    await store.create_user(BOB, None, admin=False, now_ms=clock.time_ms())
-    token = secrets.token_urlsafe(24)
-    await store.login(BOB, "BOBDEV", token, now_ms=clock.time_ms())
-    session = aiohttp.ClientSession()
-    try:
-        yield Pair(a, b, Bob(session, b.hs.base_url("client"), token))
-    finally:
-        await session.close()
-        await b.hs.stop()
-        await a.hs.stop()
+    async with client_pair(tmp_path, database_url) as p:
+        yield Pair(p.a, p.b, await p.login(p.b, BOB, "BOBDEV"))
 
 
 def member_of(events: list[dict[str, Any]], user: str) -> str | None:
