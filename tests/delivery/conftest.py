@@ -12,11 +12,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from federation.clock import FakeClock
 from federation.hashes import compute_event_id
 from federation.room_versions import ROOM_V11, RoomVersion
-from storage.database import Database
-from tests.federation_outbound.conftest import LocalTenant
+
+# The outbound tests' fixtures, for this directory too.
+from tests.federation_outbound.conftest import clock, tenant  # noqa: F401
+from tests.loopback import serve
 
 
 class ScriptedPeer:
@@ -81,30 +82,16 @@ class ScriptedPeer:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def tenant(database: Database, clock: FakeClock) -> LocalTenant:
-    return LocalTenant(database, clock)
-
-
-@pytest.fixture
 async def peer() -> AsyncIterator[ScriptedPeer]:
     p = ScriptedPeer()
     app = web.Application()
     app.router.add_put("/_matrix/federation/v1/send/{txn_id}", p.send)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    p.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield p
-    finally:
-        p.release()
-        await runner.cleanup()
+    async with serve(app) as url:
+        p.url = url
+        try:
+            yield p
+        finally:
+            p.release()
 
 
 @pytest.fixture

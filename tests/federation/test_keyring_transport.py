@@ -20,6 +20,7 @@ from federation.transport.client import (
     base_url_for,
 )
 from federation.transport.wire import parse_authorization_header, verify_request
+from tests.loopback import serve
 
 KEY = generate_signing_key("k1")
 
@@ -72,14 +73,9 @@ async def peer() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app.router.add_get("/busy", busy)
     app.router.add_get("/html", html)
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", seen
-    release.set()
-    await runner.cleanup()
+    async with serve(app) as url:
+        yield url, seen
+        release.set()
 
 
 async def make_client(url: str, **kw: Any) -> tuple[aiohttp.ClientSession, FederationClient]:
@@ -181,12 +177,8 @@ async def lying_peer() -> AsyncIterator[str]:
         app.router.add_get(path, duplicate)
     app.router.add_get("/float", float_body)
     app.router.add_get("/missing", error_with_duplicates)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serve(app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path", list(DUPLICATE_KEY_BODIES))

@@ -22,6 +22,7 @@ from homeserver.handlers.event_receipt import EventReceiptHandler
 from storage.database import Database
 from storage.stores.events import EventStore
 from storage.stores.state import StateStore
+from tests.loopback import serve
 
 LOCAL = "a.test"
 ALICE = "@alice:a.test"
@@ -125,12 +126,6 @@ async def peer() -> AsyncIterator[RecordingPeer]:
     p = RecordingPeer()
     app = web.Application()
     app.router.add_put("/_matrix/federation/v1/send/{txn_id}", p.send)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    p.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve(app) as url:
+        p.url = url
         yield p
-    finally:
-        await runner.cleanup()

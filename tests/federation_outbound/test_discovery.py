@@ -24,6 +24,7 @@ from federation.transport.discovery import (
     parse_cache_lifetime_s,
     split_server_name,
 )
+from tests.loopback import serve
 
 
 class TableResolver:
@@ -46,7 +47,7 @@ class WellKnownServer:
     def __init__(self) -> None:
         self.answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
         self.hits: Counter[str] = Counter()
-        self.port = 0
+        self.base = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         host = request.query["h"]
@@ -57,7 +58,7 @@ class WellKnownServer:
         return web.json_response(body, status=status, headers=headers)
 
     def url(self, hostname: str) -> str:
-        return f"http://127.0.0.1:{self.port}/.well-known/matrix/server?h={hostname}"
+        return f"{self.base}/.well-known/matrix/server?h={hostname}"
 
 
 @pytest.fixture
@@ -65,15 +66,9 @@ async def well_known() -> AsyncIterator[WellKnownServer]:
     wk = WellKnownServer()
     app = web.Application()
     app.router.add_get("/.well-known/matrix/server", wk.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    wk.port = runner.addresses[0][1]
-    try:
+    async with serve(app) as url:
+        wk.base = url
         yield wk
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -293,19 +288,12 @@ async def test_well_known_redirect_followed(
 
     app.router.add_get("/r", redirect)
     app.router.add_get("/loop", loop)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serve(app) as base:
         d = ServerDiscovery(session, FakeClock(), srv_resolver=TableResolver({}),
-                            well_known_url=lambda h: f"http://127.0.0.1:{port}/{h}")
+                            well_known_url=lambda h: f"{base}/{h}")
         assert (await d.resolve("r"))[0].host == "moved.test"
         # A redirect loop is an error: fall through to 8448.
         assert (await d.resolve("loop"))[0] == ResolvedServer("loop", 8448, "loop", "loop")
-    finally:
-        await runner.cleanup()
 
 
 def test_parse_cache_lifetime() -> None:

@@ -25,6 +25,7 @@ from federation.clock import FakeClock
 from federation.room_versions import ROOM_V11, ROOM_V12
 from homeserver.handlers.room_joins import RoomJoins, room_joins
 from tests.federation_outbound.nodes import link, start_node
+from tests.loopback import serve
 
 ALICE = "@alice:a.test"
 BOB = "@bob:b.test"
@@ -59,16 +60,12 @@ async def gate_to(upstream: str) -> AsyncIterator[BackfillGate]:
     gate = BackfillGate(upstream)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", gate.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    gate.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield gate
-    finally:
-        gate.release.set()
-        await runner.cleanup()
+    async with serve(app) as url:
+        gate.url = url
+        try:
+            yield gate
+        finally:
+            gate.release.set()
 
 
 def notify_waits(joins: RoomJoins) -> asyncio.Event:

@@ -18,6 +18,7 @@ from federation.clock import FakeClock
 from federation.errors import MatrixError
 from federation.room_versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
 from tests.federation_outbound.nodes import Node, link, settle, start_node
+from tests.loopback import serve
 
 ALICE = "@alice:a.test"
 BOB = "@bob:b.test"
@@ -148,16 +149,9 @@ async def send_join_tampered(a: Node, b: Node, tamper: TamperFn) -> AsyncIterato
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        b.hs.keys.client.destination_overrides["a.test"] = (  # type: ignore[union-attr]
-            f"http://127.0.0.1:{runner.addresses[0][1]}")
+    async with serve(app) as url:
+        b.hs.keys.client.destination_overrides["a.test"] = url  # type: ignore[union-attr]
         yield
-    finally:
-        await runner.cleanup()
 
 
 async def assert_nothing_stored(b: Node, room: str) -> None:

@@ -30,6 +30,7 @@ from homeserver.keys import KeyService, key_service_for
 from homeserver.rest import federation_version
 from homeserver.rest import keys as keys_rest
 from homeserver.server import HomeServer
+from tests.loopback import serve
 
 HOUR_MS = 3600_000
 
@@ -344,18 +345,11 @@ async def test_notary_relaying_a_forged_origin_response_is_ignored(
         return web.json_response({"server_keys": [forged]})
 
     notary.router.add_post("/_matrix/key/v2/query", query)
-    runner = web.AppRunner(notary)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
+    async with serve(notary) as url:
         a = await nodes("a.test", trusted=[pin(evil_key, "evil.test")])
-        a.keys.client.destination_overrides["evil.test"] = f"http://127.0.0.1:{port}"
+        a.keys.client.destination_overrides["evil.test"] = url
         got = await a.keys.keyring.get_verify_keys("b.test", ["ed25519:k1"], clock.time_ms())
         assert got == {}
-    finally:
-        await runner.cleanup()
 
 
 async def test_notary_endpoints(nodes: NodeFactory, clock: FakeClock) -> None:
