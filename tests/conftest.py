@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -66,24 +67,47 @@ async def _admin_connection() -> asyncpg.Connection:
         )
 
 
+async def _admin(statement: str) -> None:
+    admin = await _admin_connection()
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+async def create_postgres_database() -> str:
+    """Create an empty PostgreSQL database with a fresh name; returns its URL.
+
+    Drop it with :func:`drop_postgres_database` (or use
+    :func:`postgres_database`, which does).
+    """
+    dbname = f"concord_test_{secrets.token_hex(8)}"
+    await _admin(f'CREATE DATABASE "{dbname}"')
+    return _with_database(postgres_server_url(), dbname)
+
+
+async def drop_postgres_database(url: str) -> None:
+    """Drop the database :func:`create_postgres_database` made at ``url``."""
+    dbname = urlsplit(url).path.lstrip("/")
+    # FORCE: a failed test (or a node that failed to stop) may have left connections open.
+    await _admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """URL of a fresh, empty PostgreSQL database, dropped when the block ends."""
+    url = await create_postgres_database()
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(url)
+
+
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """URL of a fresh, empty PostgreSQL database, dropped after the test."""
-    dbname = f"concord_test_{secrets.token_hex(8)}"
-    admin = await _admin_connection()
-    try:
-        await admin.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(postgres_server_url(), dbname)
-    finally:
-        admin = await _admin_connection()
-        try:
-            # FORCE: a test that failed may have left connections open.
-            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ database of its own. The other interop tests run on SQLite nodes.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from homeserver.server import HomeServer
-from tests.conftest import ENGINES, _admin_connection, _with_database, postgres_server_url
+from tests.conftest import ENGINES, create_postgres_database, drop_postgres_database
 from tests.interop.concord import ConcordFactory, start_concord_node
 from tests.interop.synapse import (
     SYNAPSE_VERSION,
@@ -79,25 +78,6 @@ async def synapse_client(synapse: SynapseServer) -> AsyncIterator[SynapseClient]
         yield client
 
 
-async def _create_postgres_database() -> str:
-    dbname = f"concord_test_{secrets.token_hex(8)}"
-    admin = await _admin_connection()
-    try:
-        await admin.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await admin.close()
-    return dbname
-
-
-async def _drop_postgres_database(dbname: str) -> None:
-    admin = await _admin_connection()
-    try:
-        # FORCE: a node that failed to stop may have left connections open.
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 #: Test modules whose Concord nodes run once per storage engine: the federation
 #: scenarios of the issue (joins, messages, invites, leave, backfill). The
 #: other interop modules check protocol details that do not depend on the
@@ -149,9 +129,9 @@ async def concord_nodes(
         if first_url is not None:
             url, first_url = first_url, None
             return url
-        dbname = await _create_postgres_database()
-        extra_databases.append(dbname)
-        return _with_database(postgres_server_url(), dbname)
+        url = await create_postgres_database()
+        extra_databases.append(url)
+        return url
 
     async def start(name: str = "concord", **kwargs: Any) -> HomeServer:
         if "database_url" not in kwargs:
@@ -165,5 +145,5 @@ async def concord_nodes(
     finally:
         for hs in reversed(started):
             await hs.stop()
-        for dbname in extra_databases:
-            await _drop_postgres_database(dbname)
+        for url in extra_databases:
+            await drop_postgres_database(url)

@@ -14,7 +14,7 @@ import pytest
 from storage.database import Database
 from storage.errors import DatabaseTooNew, MigrationFailed
 from storage.migrations import MIGRATIONS_DIR, apply_migrations, discover_migrations
-from tests.conftest import _admin_connection, _with_database, postgres_server_url
+from tests.conftest import create_postgres_database, drop_postgres_database
 
 # A small history of test migrations. Each would fail if run twice (CREATE
 # TABLE without IF NOT EXISTS, INSERT into a primary key), so "applied once"
@@ -108,14 +108,6 @@ _FROM_EMPTY: dict[str, Schema] = {}
 REAL_VERSIONS = [m.version for m in discover_migrations()]
 
 
-async def _admin(statement: str) -> None:
-    admin = await _admin_connection()
-    try:
-        await admin.execute(statement)
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="module")
 def shared_postgres_database() -> Iterator[str]:
     """One PostgreSQL database for the upgrade cases, each in its own schema.
@@ -123,12 +115,11 @@ def shared_postgres_database() -> Iterator[str]:
     CREATE/DROP DATABASE costs seconds on a loaded machine; a schema per case
     isolates as well for a fraction of it.
     """
-    dbname = f"concord_test_{secrets.token_hex(8)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{dbname}"'))
+    url = asyncio.run(create_postgres_database())
     try:
-        yield _with_database(postgres_server_url(), dbname)
+        yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        asyncio.run(drop_postgres_database(url))
 
 
 @asynccontextmanager

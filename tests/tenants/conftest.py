@@ -21,6 +21,7 @@ from federation.clock import FakeClock
 from homeserver.config import HomeserverConfig, parse_config
 from homeserver.rest.admin.register import compute_mac
 from homeserver.server import HomeServer
+from tests.conftest import postgres_database
 
 SECRET = "s3cret-for-tests"
 PRIMARY = "hs.test"
@@ -152,21 +153,5 @@ async def second_database_url(database_url: str, tmp_path: Path) -> AsyncIterato
     if database_url.startswith("sqlite"):
         yield f"sqlite://{tmp_path / 'dedicated.db'}"
         return
-    import secrets
-
-    from tests.conftest import _admin_connection, _with_database, postgres_server_url
-
-    dbname = f"concord_test_{secrets.token_hex(8)}"
-    admin = await _admin_connection()
-    try:
-        await admin.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(postgres_server_url(), dbname)
-    finally:
-        admin = await _admin_connection()
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with postgres_database() as url:
+        yield url
