@@ -7,7 +7,6 @@ Users are created through the tenants engineer's UserStore (the same rows
 
 from __future__ import annotations
 
-import io
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,11 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from signedjson.key import generate_signing_key, write_signing_keys
 
 from federation.clock import FakeClock
 from homeserver.config import parse_config
 from homeserver.server import HomeServer
+from homeserver.signing_key import generate_signing_key_file
 
 SERVER = "hs.test"
 
@@ -28,9 +27,7 @@ SERVER = "hs.test"
 def node_config(tmp_path: Path, database_url: str, **extra: Any) -> Any:
     key_path = tmp_path / "signing.key"
     if not key_path.exists():
-        buf = io.StringIO()
-        write_signing_keys(buf, [generate_signing_key("t1")])
-        key_path.write_text(buf.getvalue())
+        generate_signing_key_file(str(key_path), "t1")
     raw: dict[str, Any] = {
         "server_name": SERVER,
         "data_dir": str(tmp_path),

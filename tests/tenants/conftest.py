@@ -8,19 +8,18 @@ of one node.
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from signedjson.key import generate_signing_key, write_signing_keys
 
 from federation.clock import FakeClock
 from homeserver.config import HomeserverConfig, parse_config
 from homeserver.rest.admin.register import compute_mac
 from homeserver.server import HomeServer
+from homeserver.signing_key import generate_signing_key_file
 from tests.conftest import postgres_database
 
 SECRET = "s3cret-for-tests"
@@ -30,9 +29,7 @@ PRIMARY = "hs.test"
 def node_config(tmp_path: Path, database_url: str, **extra: Any) -> HomeserverConfig:
     key_path = tmp_path / "signing.key"
     if not key_path.exists():
-        buf = io.StringIO()
-        write_signing_keys(buf, [generate_signing_key("p1")])
-        key_path.write_text(buf.getvalue())
+        generate_signing_key_file(str(key_path), "p1")
     raw: dict[str, Any] = {
         "server_name": PRIMARY,
         "data_dir": str(tmp_path),
