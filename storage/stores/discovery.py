@@ -317,18 +317,11 @@ class DiscoveryStore:
         """Drop rooms of servers that are no longer peers: a crawl that was
         under way when its peer was forgotten writes them after the fact.
         Returns how many went."""
-        async with self._db.transaction("discovery_forget_orphan_rooms") as txn:
-            rows = await txn.fetch(
-                "SELECT DISTINCT server_name FROM discovery_rooms WHERE server_name NOT IN "
-                "(SELECT server_name FROM discovery_peers)"
-            )
-            gone = 0
-            for r in rows:
-                gone += len(await txn.fetch(
-                    "DELETE FROM discovery_rooms WHERE server_name = $1 RETURNING room_id",
-                    str(r[0]),
-                ))
-            return gone
+        gone = await self._db.fetch(
+            "DELETE FROM discovery_rooms WHERE server_name NOT IN "
+            "(SELECT server_name FROM discovery_peers) RETURNING room_id"
+        )
+        return len(gone)
 
     async def record_probe(
         self, server_name: str, probe: ProbeRecord, *, keep_after_ts: int
