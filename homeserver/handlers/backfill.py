@@ -38,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
 from federation.clock import Clock
+from federation.event_format import server_name_of
 from federation.events import Event
 from federation.keyring import Keyring
 from federation.room_versions import RoomVersion, get_room_version
@@ -156,14 +157,10 @@ class PaginationBackfiller:
     async def _servers(self, tenant: str, room_id: str) -> list[str]:
         """Servers with joined members in the room's current state, most members
         first (the likeliest to hold its history), never ourselves."""
-        state = await self._events.state.get_current_state(tenant, room_id)
-        member_ids = [eid for (t, _), eid in state.items() if t == "m.room.member"]
-        loaded = await self._events.get_events(tenant, member_ids)
         counts: dict[str, int] = {}
-        for ev in loaded.values():
-            key = ev.state_key or ""
-            if ev.membership == "join" and ":" in key:
-                server = key.split(":", 1)[1]
+        for user in await self._events.state.get_joined_users(tenant, room_id):
+            server = server_name_of(user)
+            if server:
                 counts[server] = counts.get(server, 0) + 1
         counts.pop(tenant, None)
         return sorted(counts, key=lambda s: (-counts[s], s))
