@@ -30,7 +30,7 @@ from federation.auth_rules import AuthError, auth_types_for_event, check_auth
 from federation.auth_rules.selection import create_event_id_for_room
 from federation.clock import Clock
 from federation.errors import Codes, MatrixError
-from federation.event_format import is_valid_user_id
+from federation.event_format import is_valid_user_id, server_name_of
 from federation.events import Event
 from federation.hashes import compute_room_id
 from federation.keyring import Keyring
@@ -46,7 +46,7 @@ from homeserver.handlers.event_receipt import (
 )
 from homeserver.handlers.profile import default_displayname
 from homeserver.handlers.room_acl import RoomServerAcls
-from homeserver.handlers.server_visibility import ServerVisibility, server_of
+from homeserver.handlers.server_visibility import ServerVisibility
 from homeserver.http.json import EncodedJsonList
 from storage.database import Database, Transaction
 from storage.stores.events import EventStore, NewEvent
@@ -350,7 +350,7 @@ class FederationServer:
     ) -> dict[str, Any]:
         """``GET /make_join`` (``versions``: the ``ver`` parameters) and ``GET /make_leave``
         (``versions=None``): the event template and the room version."""
-        if not is_valid_user_id(user_id) or server_of(user_id) != origin:
+        if not is_valid_user_id(user_id) or server_name_of(user_id) != origin:
             raise MatrixError(403, Codes.FORBIDDEN, f"{user_id} is not a user of {origin}")
         rv = await self._room_version(tenant, room_id)
         await self._acls.check(tenant, room_id, origin)
@@ -432,7 +432,7 @@ class FederationServer:
             raise _invalid("the event is not an m.room.member event")
         if event.membership != membership:
             raise _invalid(f"the event's membership is not {membership}")
-        if server_of(event.sender) != origin:
+        if server_name_of(event.sender) != origin:
             raise _invalid(f"the sender {event.sender} is not a user of {origin}")
         if event.state_key != event.sender:
             raise _invalid("the state_key is not the sender")
@@ -560,10 +560,10 @@ class FederationServer:
             raise _invalid(f"the event is in {event.room_id}, not {room_id}")
         if event.type != "m.room.member" or event.membership != "invite":
             raise _invalid("the event is not an invite")
-        if server_of(event.sender) != origin:
+        if server_name_of(event.sender) != origin:
             raise _invalid(f"the sender {event.sender} is not a user of {origin}")
         invitee = event.state_key or ""
-        if not is_valid_user_id(invitee) or server_of(invitee) != tenant:
+        if not is_valid_user_id(invitee) or server_name_of(invitee) != tenant:
             raise _invalid(f"the invitee {invitee} is not a user of {tenant}")
         self._check_invite_room_state(rv, room_id, state)
 
@@ -641,7 +641,7 @@ class FederationServer:
             raise MatrixError(400, Codes.MISSING_PARAM, "user_id is required")
         if field is not None and field not in ("displayname", "avatar_url"):
             raise MatrixError(400, Codes.INVALID_PARAM, f"unknown profile field {field!r}")
-        if not is_valid_user_id(user_id) or server_of(user_id) != tenant:
+        if not is_valid_user_id(user_id) or server_name_of(user_id) != tenant:
             raise MatrixError(400, Codes.INVALID_PARAM, f"{user_id} is not a user of {tenant}")
         profile = None if self._profiles is None else await self._profiles.get_profile(
             tenant, user_id

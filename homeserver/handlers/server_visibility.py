@@ -23,18 +23,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from federation.errors import Codes, MatrixError
+from federation.event_format import server_name_of
 from federation.events import Event
 from federation.redaction import redact
 from storage.stores.events import EventStore
 from storage.stores.state import StateMap
 
-__all__ = ["ServerVisibility", "server_of"]
+__all__ = ["ServerVisibility"]
 
 HISTORY_KEY = ("m.room.history_visibility", "")
-
-
-def server_of(user_id: str) -> str:
-    return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
 class ServerVisibility:
@@ -46,7 +43,7 @@ class ServerVisibility:
     ) -> list[str]:
         ids = [
             eid for (typ, key), eid in state.items()
-            if typ == "m.room.member" and server_of(key) == server
+            if typ == "m.room.member" and server_name_of(key) == server
         ]
         loaded = await self._events.get_events(tenant, ids)
         return [m for e in loaded.values() if (m := e.membership) is not None]
